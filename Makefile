@@ -1,0 +1,25 @@
+# Two commands on a fresh machine with only python3:  make demo  /  make test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast test-soak ui bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## generate sample medical PDFs and run the whole chain on the embedded engine
+	$(VENV)/bin/medkg-pdf demo
+
+test: $(STAMP)  ## the full test suite (what CI runs)
+	$(PY) -m pytest
+
+ui: $(STAMP)  ## the Dagster UI on the demo's runs and outputs
+	mkdir -p .medkg-data/dagster_home && cp dagster.yaml .medkg-data/dagster_home/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.medkg-data/dagster_home MEDKG_DATA_DIR=$(CURDIR)/.medkg-data $(VENV)/bin/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf .medkg-data

@@ -1,0 +1,88 @@
+"""Stage 4: page parses assembled into one typed document, written as JSON and as markdown."""
+
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from medkg_pdf import layout
+from medkg_pdf.assets.common import require, run_per_document
+from medkg_pdf.markdown_blocks import markdown_to_blocks
+from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.schemas import Block, PageParses, Section, StructuredDocument
+
+
+def build_document(parses: PageParses) -> StructuredDocument:
+    blocks: list[Block] = []
+    for parse in sorted(parses.pages, key=lambda p: p.page_index):
+        blocks.extend(markdown_to_blocks(parse.markdown, page=parse.page_index + 1))
+    sections: list[Section] = []
+    for block in blocks:
+        if block.kind == "heading" or not sections:
+            heading = block.text if block.kind == "heading" else None
+            sections.append(Section(heading=heading, page=block.page, blocks=[]))
+        sections[-1].blocks.append(block)
+    headings = [b for b in blocks if b.kind == "heading"]
+    top = min((b.level or 9 for b in headings), default=None)
+    title = next((b.text for b in headings if b.level == top), None)
+    return StructuredDocument(
+        document_id=parses.document_id,
+        sha256=parses.sha256,
+        title=title,
+        page_count=len(parses.pages),
+        model=parses.model,
+        prompt_version=parses.prompt_version,
+        sections=sections,
+        failed_pages=[p.page_index + 1 for p in parses.pages if not p.status.usable],
+    )
+
+
+def to_markdown(document: StructuredDocument) -> str:
+    out: list[str] = []
+    for block in document.blocks():
+        if block.kind == "heading":
+            out.append(f"{'#' * (block.level or 1)} {block.text}")
+        elif block.kind == "list":
+            out.append("\n".join(f"- {item}" for item in block.items or []))
+        elif block.kind == "table" and block.rows:
+            width = max(len(row) for row in block.rows)
+            rows = [row + [""] * (width - len(row)) for row in block.rows]
+            lines = ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+            lines.insert(1, "|" + "---|" * width)
+            out.append("\n".join(lines))
+        elif block.kind == "code":
+            out.append(f"```\n{block.text}\n```")
+        elif block.kind == "caption":
+            out.append(f"*{block.text}*")
+        else:
+            out.append(block.text)
+    return "\n\n".join(out) + "\n"
+
+
+@asset(
+    partitions_def=documents,
+    backfill_policy=document_backfill_policy,
+    group_name="documents",
+    deps=["vlm_page_parses"],
+    kinds={"json", "markdown"},
+    description="Title, sections and typed blocks (heading/paragraph/list/table/caption) with page provenance.",
+)
+def structured_document(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
+    def assemble(document_id: str) -> dict:
+        parses = require(storage, layout.page_parses(document_id), PageParses, "the page parses")
+        document = build_document(parses)
+        storage.write_model(layout.structured_json(document_id), document)
+        storage.write_text(layout.structured_markdown(document_id), to_markdown(document))
+        kinds: dict[str, int] = {}
+        for block in document.blocks():
+            kinds[block.kind] = kinds.get(block.kind, 0) + 1
+        return {
+            "title": document.title or "",
+            "pages": document.page_count,
+            "sections": len(document.sections),
+            "blocks": kinds,
+            "failed_pages": document.failed_pages,
+            "json": storage.uri(layout.structured_json(document_id)),
+            "markdown": storage.uri(layout.structured_markdown(document_id)),
+        }
+
+    return run_per_document(context, storage, "structured_document", assemble)

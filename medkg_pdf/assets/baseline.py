@@ -1,0 +1,43 @@
+"""The model-free baseline: each page's own text layer, extracted by PyMuPDF."""
+
+
+import pymupdf
+from dagster import AssetExecutionContext, MaterializeResult, asset
+
+from medkg_pdf import layout
+from medkg_pdf.assets.common import require, run_per_document
+from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.schemas import BaselinePage, BaselineParse, SourceInfo
+
+
+def extract_baseline(pdf: bytes, document_id: str, sha256: str) -> BaselineParse:
+    pages = []
+    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
+        for page in doc:
+            # sort=True: blocks in reading order top-left to bottom-right, as a person reads
+            text = page.get_text("text", sort=True).strip()
+            pages.append(BaselinePage(index=page.number, has_text_layer=bool(text), text=text))
+    return BaselineParse(document_id=document_id, sha256=sha256, pages=pages)
+
+
+@asset(
+    partitions_def=documents,
+    backfill_policy=document_backfill_policy,
+    group_name="documents",
+    deps=["source_pdf"],
+    kinds={"json"},
+    description="The PDF's own text layer per page (PyMuPDF, no model): evidence to compare against, not truth.",
+)
+def baseline_parse(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
+    def extract(document_id: str) -> dict:
+        info = require(storage, layout.source_info(document_id), SourceInfo, "the validated source PDF")
+        baseline = extract_baseline(storage.read_bytes(info.stored_at), document_id, info.sha256)
+        storage.write_model(layout.baseline(document_id), baseline)
+        return {
+            "pages": len(baseline.pages),
+            "pages_with_text_layer": sum(p.has_text_layer for p in baseline.pages),
+            "characters": sum(len(p.text) for p in baseline.pages),
+        }
+
+    return run_per_document(context, storage, "baseline_parse", extract)

@@ -1,0 +1,72 @@
+"""Stage 1: the raw PDF as it arrived, validated and copied into storage."""
+
+
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from medkg_pdf import layout
+from medkg_pdf.assets.common import DocumentError, require, run_per_document
+from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.schemas import SourceInfo, SourceRef
+from medkg_pdf.sources import read_source
+from medkg_pdf.validation import MAX_PDF_BYTES, InvalidPdfError, validate_pdf
+
+
+class SourceConfig(Config):
+    max_pages: int = Field(default=2000, description="Documents with more pages are refused (config, not code).")
+    max_bytes: int = Field(default=MAX_PDF_BYTES, description="Largest accepted PDF (100 MiB by default).")
+
+
+@asset(
+    partitions_def=documents,
+    backfill_policy=document_backfill_policy,
+    group_name="documents",
+    kinds={"pdf"},
+    description="The raw PDF, validated (magic bytes, size, opens, not encrypted, page cap) and stored as-is.",
+)
+def source_pdf(
+    context: AssetExecutionContext, config: SourceConfig, storage: DocumentStorage, inbox_s3: S3Resource
+) -> MaterializeResult:
+    s3_client = None
+
+    def ingest(document_id: str) -> dict:
+        nonlocal s3_client
+        ref = require(storage, layout.source_ref(document_id), SourceRef, "the document's registration")
+        if ref.uri.startswith("s3://") and s3_client is None:
+            s3_client = inbox_s3.get_client()
+        try:
+            data = read_source(ref, s3_client, config.max_bytes)
+            valid = validate_pdf(data, max_pages=config.max_pages, max_bytes=config.max_bytes)
+        except InvalidPdfError as error:
+            raise DocumentError(f"{ref.name}: {error}", reason=error.reason) from None
+        except (OSError, ValueError) as error:
+            raise DocumentError(f"{ref.name}: cannot read {ref.uri}: {error}", retryable=True, reason="source_unreadable") from None
+        for warning in valid.warnings:
+            context.log.warning(f"{document_id}: {warning}")
+        storage.write_bytes(layout.source_pdf(document_id), data)
+        info = SourceInfo(
+            document_id=document_id,
+            source=ref,
+            sha256=valid.sha256,
+            bytes=valid.bytes,
+            page_count=valid.page_count,
+            pages_with_text=valid.pages_with_text,
+            repaired=valid.repaired,
+            warnings=valid.warnings,
+            stored_at=layout.source_pdf(document_id),
+        )
+        storage.write_model(layout.source_info(document_id), info)
+        return {
+            "sha256": valid.sha256,
+            "bytes": valid.bytes,
+            "page_count": valid.page_count,
+            "pages_with_text_layer": sum(valid.pages_with_text),
+            "source_uri": MetadataValue.url(ref.uri) if ref.uri.startswith("s3://") else ref.uri,
+            "source_etag": ref.etag or "",
+            "arrived_at": ref.arrived_at.isoformat(),
+            "warnings": MetadataValue.md("\n".join(f"- {w}" for w in valid.warnings) or "none"),
+        }
+
+    return run_per_document(context, storage, "source_pdf", ingest)

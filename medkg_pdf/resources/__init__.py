@@ -1,0 +1,61 @@
+"""Resources chosen per environment, in this one place; assets never read the environment.
+
+`MEDKG_ENV=local` (default): files under `MEDKG_DATA_DIR`, and the embedded CPU engine unless
+`MEDKG_VLLM_BASE_URL` points at a vLLM server. `MEDKG_ENV=prod`: S3 storage and a vLLM server.
+Secrets are passed as `EnvVar`s, so their values never enter run config or the UI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import EnvVar
+from dagster_aws.s3 import S3Resource
+
+from medkg_pdf.resources.storage import DocumentStorage, LocalStorage, S3Storage
+from medkg_pdf.resources.vllm import EMBEDDED_MODEL, VLLMResource
+
+PROD_DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def _s3(environ: Mapping[str, str]) -> S3Resource:
+    return S3Resource(
+        endpoint_url=environ.get("MEDKG_S3_ENDPOINT_URL") or None,
+        region_name=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
+        max_attempts=int(environ.get("MEDKG_S3_MAX_ATTEMPTS", "5")),  # botocore retries throttling and 5xx
+    )
+
+
+def vllm_resource(environ: Mapping[str, str], *, default_model: str) -> VLLMResource:
+    base_url = environ.get("MEDKG_VLLM_BASE_URL") or None
+    settings: dict[str, Any] = {
+        "base_url": base_url,
+        "model": environ.get("MEDKG_VLLM_MODEL") or (default_model if base_url else EMBEDDED_MODEL),
+        "max_concurrency": int(environ.get("MEDKG_VLLM_MAX_CONCURRENCY", "8")),
+    }
+    if environ.get("MEDKG_VLLM_MAX_MODEL_LEN"):
+        settings["max_model_len"] = int(environ["MEDKG_VLLM_MAX_MODEL_LEN"])
+    if environ.get("MEDKG_VLLM_API_KEY"):
+        settings["api_key"] = EnvVar("MEDKG_VLLM_API_KEY")
+    return VLLMResource(**settings)
+
+
+def resources_for(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    env = environ.get("MEDKG_ENV", "local")
+    s3 = _s3(environ)
+    if env == "prod":
+        storage: DocumentStorage = S3Storage(
+            s3=s3, bucket=EnvVar("MEDKG_S3_BUCKET"), prefix=environ.get("MEDKG_S3_PREFIX", "medkg-pdf")
+        )
+        if not environ.get("MEDKG_VLLM_BASE_URL"):
+            raise RuntimeError("MEDKG_ENV=prod needs MEDKG_VLLM_BASE_URL (the vLLM Service URL)")
+        vllm = vllm_resource(environ, default_model=PROD_DEFAULT_MODEL)
+    elif env == "local":
+        storage = LocalStorage(root=os.path.abspath(environ.get("MEDKG_DATA_DIR", ".medkg-data")))
+        vllm = vllm_resource(environ, default_model=PROD_DEFAULT_MODEL)
+    else:
+        raise RuntimeError(f"MEDKG_ENV must be 'local' or 'prod', not {env!r}")
+    return {"storage": storage, "vllm": vllm, "inbox_s3": s3}

@@ -1,0 +1,191 @@
+"""Typed records that flow between the assets; this module is the one owner of each shape.
+
+Every record is stored as JSON (never pickled), so a human, `jq` or another service can read
+what the pipeline wrote, and a record read back is validated before it is trusted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceRef(Record):
+    """Where a document came from; written when the document is registered as a partition."""
+
+    document_id: str
+    uri: str  # file:///abs/path.pdf or s3://bucket/key (never used to build a storage path)
+    name: str  # original file name, for people
+    etag: str | None = None
+    arrived_at: datetime = Field(default_factory=utc_now)
+
+
+class SourceInfo(Record):
+    """What `source_pdf` learned about a valid PDF."""
+
+    document_id: str
+    source: SourceRef
+    sha256: str
+    bytes: int
+    page_count: int
+    pages_with_text: list[bool]
+    repaired: bool = False
+    warnings: list[str] = []
+    stored_at: str  # storage key of the stored copy
+
+
+class PageImage(Record):
+    index: int  # 0-based
+    key: str  # storage key of the PNG
+    width: int
+    height: int
+    dpi: float  # effective DPI after any downscale
+    png_bytes: int
+    blank: bool
+    ink_ratio: float
+    rotation: int = 0
+
+
+class PageImages(Record):
+    document_id: str
+    sha256: str
+    dpi: int
+    pages: list[PageImage]
+
+
+class PageStatus(str, Enum):
+    ok = "ok"
+    blank = "blank"  # an empty answer on a page without ink is a legitimate result
+    truncated = "truncated"
+    repetition = "repetition"
+    empty = "empty"
+    invalid_response = "invalid_response"
+    http_error = "http_error"
+    timeout = "timeout"
+    breaker_open = "breaker_open"
+    context_overflow = "context_overflow"
+
+    @property
+    def usable(self) -> bool:
+        return self in (PageStatus.ok, PageStatus.blank)
+
+
+class SamplingParams(Record):
+    temperature: float = 0.0
+    seed: int = 42
+    max_tokens: int = 4096
+    top_p: float = 1.0
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+class PageParse(Record):
+    """One page's answer from the model server, stored as its own JSON file when it arrives."""
+
+    document_id: str
+    page_index: int
+    cache_key: str
+    status: PageStatus
+    markdown: str = ""
+    error: str | None = None
+    model: str
+    prompt_version: str
+    sampling: SamplingParams
+    image_width: int = 0
+    image_height: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    queue_wait_s: float = 0.0
+    attempts: int = 0
+    finish_reason: str | None = None
+    finished_at: datetime = Field(default_factory=utc_now)
+
+
+class PageParses(Record):
+    document_id: str
+    sha256: str
+    model: str
+    prompt_version: str
+    pages: list[PageParse]
+    model_calls: int  # requests actually sent in this materialization (0 when fully cached)
+    cached_pages: int
+
+
+BlockKind = Literal["heading", "paragraph", "list", "table", "caption", "code"]
+
+
+class Block(Record):
+    kind: BlockKind
+    page: int  # 1-based page number, the provenance a reader jumps to
+    text: str
+    level: int | None = None  # heading level
+    items: list[str] | None = None  # list items
+    rows: list[list[str]] | None = None  # table cells, first row is the header
+    bbox: tuple[float, float, float, float] | None = None  # PDF points, when the model gives it
+
+
+class Section(Record):
+    heading: str | None
+    page: int
+    blocks: list[Block]
+
+
+class StructuredDocument(Record):
+    document_id: str
+    sha256: str
+    title: str | None
+    page_count: int
+    model: str
+    prompt_version: str
+    sections: list[Section]
+    failed_pages: list[int] = []  # 1-based pages whose parse was not usable
+
+    def blocks(self) -> list[Block]:
+        return [block for section in self.sections for block in section.blocks]
+
+    def page_text(self, page: int) -> str:
+        return "\n".join(block.text for block in self.blocks() if block.page == page)
+
+
+class BaselinePage(Record):
+    index: int
+    has_text_layer: bool
+    text: str
+
+
+class BaselineParse(Record):
+    document_id: str
+    sha256: str
+    pages: list[BaselinePage]
+
+
+class PageQuality(Record):
+    page: int  # 1-based
+    has_baseline: bool
+    edit_similarity: float | None = None
+    word_f1: float | None = None
+    numeric_recall: float | None = None
+    numeric_missing: list[str] = []
+
+
+class DocumentQuality(Record):
+    document_id: str
+    pages: list[PageQuality]
+    pages_compared: int
+    match_score: float | None  # None when no page has a text layer ("no baseline")
+    edit_similarity: float | None
+    word_f1: float | None
+    numeric_recall: float | None
+    baseline: str = "text_layer"

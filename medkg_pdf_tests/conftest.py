@@ -1,0 +1,73 @@
+"""Servers and instances the tests run against: all real, all on 127.0.0.1, all torn down."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from medkg_pdf.engine.process import EmbeddedEngine, free_port
+from medkg_pdf.partitions import documents
+from medkg_pdf.resources.storage import LocalStorage
+from medkg_pdf.resources.vllm import EMBEDDED_MODEL, VLLMResource
+from medkg_pdf.sources import file_ref, register
+
+warnings.filterwarnings("ignore", module="dagster")
+
+
+@pytest.fixture(scope="session")
+def embedded_engine():
+    """The real embedded OCR engine, as `medkg-pdf serve-local` runs it, once per test session."""
+    with EmbeddedEngine(model_name=EMBEDDED_MODEL) as engine:
+        yield engine
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(root=str(tmp_path / "data"))
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as dagster_instance:
+        yield dagster_instance
+
+
+@pytest.fixture
+def moto_server():
+    """moto in server mode: real HTTP, real boto3 signing and listing, on a loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def vllm_for(url: str, **settings) -> VLLMResource:
+    defaults = dict(base_url=url, model=EMBEDDED_MODEL, backoff_initial_s=0.05, backoff_max_s=0.5)
+    defaults.update(settings)
+    return VLLMResource(**defaults)
+
+
+def register_files(storage: LocalStorage, instance: DagsterInstance, paths: list[Path]) -> list[str]:
+    ids = []
+    for path in paths:
+        ref = file_ref(path)
+        register(storage, ref)
+        ids.append(ref.document_id)
+    instance.add_dynamic_partitions(documents.name, ids)
+    return ids

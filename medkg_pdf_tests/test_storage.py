@@ -1,0 +1,64 @@
+"""Both storage backends keep the same promises: files in, same files out, nothing outside the root."""
+
+import boto3
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from medkg_pdf.resources.storage import LocalStorage, S3Storage, UnsafeKeyError
+from medkg_pdf.schemas import BaselinePage
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_storage(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(root=str(tmp_path / "root"))
+    endpoint = request.getfixturevalue("moto_server")
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="medkg")
+    return S3Storage(s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1"), bucket="medkg", prefix="pipeline")
+
+
+def test_bytes_text_and_records_round_trip(any_storage):
+    any_storage.write_bytes("documents/a/source.pdf", b"%PDF-1.7 data")
+    any_storage.write_text("documents/a/structured.md", "# Title\n\n500 mg")
+    any_storage.write_model("documents/a/page.json", BaselinePage(index=0, has_text_layer=True, text="x"))
+    assert any_storage.read_bytes("documents/a/source.pdf") == b"%PDF-1.7 data"
+    assert any_storage.read_text("documents/a/structured.md").endswith("500 mg")
+    assert any_storage.read_model("documents/a/page.json", BaselinePage).text == "x"
+    assert any_storage.exists("documents/a/source.pdf")
+    assert not any_storage.exists("documents/a/missing.json")
+    assert any_storage.list_keys("documents/a") == [
+        "documents/a/page.json",
+        "documents/a/source.pdf",
+        "documents/a/structured.md",
+    ]
+
+
+def test_missing_or_torn_records_read_as_absent(any_storage):
+    assert any_storage.read_model_or_none("documents/none.json", BaselinePage) is None
+    any_storage.write_bytes("documents/torn.json", b'{"index": 0, "has_text')
+    assert any_storage.read_model_or_none("documents/torn.json", BaselinePage) is None
+    with pytest.raises(FileNotFoundError):
+        any_storage.read_bytes("documents/none.json")
+
+
+@pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "a/../../b", "a//b", "", "a/./b", "docs/x y.pdf", "a\\b"])
+def test_keys_cannot_escape_the_root(any_storage, key):
+    with pytest.raises(UnsafeKeyError):
+        any_storage.write_bytes(key, b"x")
+
+
+def test_s3_objects_live_under_the_prefix(moto_server):
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    client.create_bucket(Bucket="medkg")
+    storage = S3Storage(s3=S3Resource(endpoint_url=moto_server, region_name="us-east-1"), bucket="medkg", prefix="p/q")
+    uri = storage.write_bytes("cache/abc/page-00001.png", b"png")
+    assert uri == "s3://medkg/p/q/cache/abc/page-00001.png"
+    assert client.get_object(Bucket="medkg", Key="p/q/cache/abc/page-00001.png")["Body"].read() == b"png"
+
+
+def test_local_writes_leave_no_partial_files(tmp_path):
+    storage = LocalStorage(root=str(tmp_path))
+    storage.write_bytes("documents/a/big.bin", b"x" * 1_000_000)
+    storage.write_bytes("documents/a/big.bin", b"y" * 10)
+    assert storage.read_bytes("documents/a/big.bin") == b"y" * 10
+    assert [p.name for p in (tmp_path / "documents" / "a").iterdir()] == ["big.bin"]
