@@ -68,6 +68,10 @@ def validate_pdf(data: bytes, *, max_pages: int, max_bytes: int = MAX_PDF_BYTES)
                 "too_many_pages", f"the PDF has {doc.page_count} pages, over the cap of {max_pages} (config max_pages)"
             )
         warnings = []
+        if doc.is_repaired and b"%%EOF" not in data[-2048:]:
+            raise InvalidPdfError(
+                "truncated", "the PDF ends early (no %%EOF trailer and a broken structure): the upload was cut off"
+            )
         if doc.is_repaired:
             warnings.append("PyMuPDF repaired a broken cross-reference table; content may be incomplete")
         pages_with_text = []

@@ -1,0 +1,208 @@
+"""The model server client, against a real HTTP server that misbehaves on purpose."""
+
+import logging
+import time
+
+import pytest
+
+from medkg_pdf.resources.breaker import BreakerState, CircuitBreaker
+from medkg_pdf.resources.vllm import (
+    FatalRequestError,
+    ModelNotServedError,
+    PageRequest,
+    ServerUnavailableError,
+    VLLMResource,
+    image_tokens,
+    looks_repetitive,
+)
+from medkg_pdf.schemas import PageStatus
+from medkg_pdf_tests.vllm_double import Faults, VllmDouble, make_png
+
+MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+SECRET = "sk-medkg-test-7f3a9c1d5e"
+
+
+def client(url: str, **settings) -> VLLMResource:
+    base = dict(base_url=url, model=MODEL, backoff_initial_s=0.02, backoff_max_s=0.2, read_timeout_s=5)
+    base.update(settings)
+    return VLLMResource(**base)
+
+
+def pages(n: int, size: int = 56) -> list[PageRequest]:
+    """n distinct page images (each a different gray level)."""
+    return [
+        PageRequest(document_id="doc-0123456789", page_index=i, cache_key=f"k{i}", load_png=lambda i=i: make_png(size, size, i % 250))
+        for i in range(n)
+    ]
+
+
+def parse(resource: VLLMResource, requests: list[PageRequest], logger=None):
+    results = []
+    stats = resource.parse_pages(requests, results.append, logger)
+    return sorted(results, key=lambda r: r.page_index), stats
+
+
+@pytest.fixture
+def server():
+    with VllmDouble(model=MODEL) as double:
+        yield double
+
+
+def test_pages_run_concurrently_within_the_bound(server):
+    server.set_faults(Faults(latency_s=0.2))
+    results, stats = parse(client(server.url, max_concurrency=4), pages(16))
+    assert [r.status for r in results] == [PageStatus.ok] * 16
+    assert server.max_in_flight == 4
+    assert stats.model_calls == 16 and stats.summary()["latency_p95_s"] >= 0.2
+
+
+def test_requests_are_deterministic_and_recorded(server):
+    results, _ = parse(client(server.url), pages(2))
+    for body in server.request_bodies:
+        assert body["temperature"] == 0.0 and body["seed"] == 42 and body["max_tokens"] == 4096
+        assert body["model"] == MODEL
+    assert results[0].sampling.seed == 42 and results[0].model == MODEL
+    assert results[0].markdown.startswith("# Page")
+
+
+def test_api_key_is_sent_as_bearer_and_never_logged(caplog):
+    with VllmDouble(model=MODEL, api_key=SECRET, faults=Faults(script=["503"] * 6)) as double:
+        with caplog.at_level(logging.DEBUG):
+            results, _ = parse(client(double.url, api_key=SECRET), pages(3), logging.getLogger("test"))
+        assert all(h.get("authorization") == f"Bearer {SECRET}" for h in double.last_headers)
+    everything = caplog.text + repr(results) + "".join(r.model_dump_json() for r in results)
+    assert SECRET not in everything
+
+
+def test_wrong_api_key_fails_fast_and_says_what_to_fix():
+    with VllmDouble(model=MODEL, api_key=SECRET) as double:
+        with pytest.raises(FatalRequestError, match="MEDKG_VLLM_API_KEY") as caught:
+            parse(client(double.url, api_key="wrong-key"), pages(2))
+        assert double.requests == 0
+    assert SECRET not in str(caught.value) and "wrong-key" not in str(caught.value)
+
+
+def test_down_server_fails_in_seconds_naming_url_and_model():
+    with VllmDouble(model=MODEL) as double:
+        url = double.url
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailableError) as caught:
+        parse(client(url), pages(3))
+    assert time.monotonic() - started < 10
+    assert url in str(caught.value) and MODEL in str(caught.value)
+
+
+def test_unhealthy_server_is_refused_before_page_work(server):
+    server.set_faults(Faults(healthy=False))
+    with pytest.raises(ServerUnavailableError, match="unhealthy"):
+        parse(client(server.url), pages(2))
+    assert server.requests == 0
+
+
+def test_wrong_model_names_the_served_ones(server):
+    with pytest.raises(ModelNotServedError, match="MEDKG_VLLM_MODEL") as caught:
+        parse(client(server.url, model="Qwen/Qwen2-VL-2B"), pages(1))
+    assert MODEL in str(caught.value)
+
+
+def test_transient_faults_are_retried_until_every_page_is_ok(server):
+    server.set_faults(Faults(error_503=0.05, error_500=0.02, reset=0.02, stall=0.01, stall_s=3, seed=7))
+    results, stats = parse(client(server.url, read_timeout_s=1.0, max_concurrency=8, max_attempts=4), pages(50))
+    assert [r.status for r in results] == [PageStatus.ok] * 50
+    assert sum(server.ok_by_image.values()) >= 50
+    assert stats.retries == sum(server.faults_injected.values())
+
+
+def test_429_honours_retry_after(server):
+    server.set_faults(Faults(script=["429"], retry_after_s=0.5))
+    started = time.monotonic()
+    results, stats = parse(client(server.url, max_concurrency=1), pages(1))
+    assert results[0].status is PageStatus.ok and results[0].attempts == 2
+    assert time.monotonic() - started >= 0.5
+    assert stats.retries == 1
+
+
+def test_breaker_opens_after_five_failures_and_the_rest_fail_fast(server, caplog):
+    server.set_faults(Faults(error_503=1.0))
+    with caplog.at_level(logging.INFO):
+        results, stats = parse(client(server.url, max_concurrency=1), pages(10), logging.getLogger("breaker-test"))
+    statuses = [r.status for r in results]
+    # page 1: three 503s; page 2: two more open the breaker, its third try is refused at once
+    assert statuses == [PageStatus.http_error] + [PageStatus.breaker_open] * 9
+    assert server.requests == 5 and stats.breaker_trips == 1
+    assert "circuit breaker closed -> open" in caplog.text
+    assert "breaker open" in results[-1].error
+
+
+def test_garbage_bodies_are_invalid_responses_not_crashes(server):
+    server.set_faults(Faults(script=["garbage", "bad_shape"]))
+    results, _ = parse(client(server.url, max_concurrency=1), pages(3))
+    assert [r.status for r in results] == [PageStatus.invalid_response, PageStatus.invalid_response, PageStatus.ok]
+    assert "invalid response" in results[0].error
+
+
+def test_truncated_answer_gets_one_retry_with_penalties():
+    with VllmDouble(model=MODEL, answer=lambda png, body: ("Dose table " + "x" * 50, "length")) as double:
+        results, _ = parse(client(double.url), pages(1))
+        assert double.requests == 2
+        assert double.request_bodies[1]["repetition_penalty"] == 1.1
+    assert results[0].status is PageStatus.truncated
+    assert results[0].sampling.frequency_penalty == 0.3
+
+
+def test_repetition_loop_is_detected_and_retried():
+    calls = []
+
+    def answer(png, body):
+        calls.append(body)
+        return ("Take 1 tablet. " * 80, "length") if len(calls) == 1 else ("Take 1 tablet daily.", "stop")
+
+    with VllmDouble(model=MODEL, answer=answer) as double:
+        results, _ = parse(client(double.url), pages(1))
+    assert results[0].status is PageStatus.ok and results[0].attempts == 2
+    assert results[0].sampling.repetition_penalty == 1.1
+
+
+def test_empty_answer_on_an_inked_page_is_a_failure_but_blank_pages_are_not_sent(server):
+    server.answer = lambda png, body: ""
+    requests = pages(2)
+    requests[1] = PageRequest(document_id="doc-0123456789", page_index=1, cache_key="b", load_png=lambda: b"", blank=True)
+    results, _ = parse(client(server.url), requests)
+    assert [r.status for r in results] == [PageStatus.empty, PageStatus.blank]
+    assert server.requests == 1
+
+
+def test_images_are_downscaled_to_fit_the_context():
+    with VllmDouble(model=MODEL, max_model_len=4096) as double:
+        results, _ = parse(client(double.url, max_tokens=2048), pages(1, size=2000))
+    assert results[0].status is PageStatus.ok
+    assert image_tokens(results[0].image_width, results[0].image_height, 28) <= 4096 - 2048
+    assert results[0].image_width < 2000
+
+
+def test_a_context_too_small_for_any_image_fails_the_page_without_a_request(server):
+    results, _ = parse(client(server.url, max_model_len=4100, max_tokens=4096), pages(1))
+    assert results[0].status is PageStatus.context_overflow
+    assert "max_tokens" in results[0].error and server.requests == 0
+
+
+def test_repetition_detector():
+    assert looks_repetitive("Intro. " + "| 5 mg | 5 mg |" * 40)
+    assert not looks_repetitive("Amoxicillin 500 mg every 8 hours. " + "Different sentence number %d. " % 3 * 1)
+
+
+def test_breaker_half_opens_after_recovery_and_closes_after_two_successes():
+    now = [0.0]
+    changes = []
+    breaker = CircuitBreaker(clock=lambda: now[0], on_change=lambda old, new, why: changes.append(new))
+    for _ in range(5):
+        breaker.record_failure("boom")
+    assert breaker.state is BreakerState.open
+    with pytest.raises(Exception, match="breaker open"):
+        breaker.before_call("http://x")
+    now[0] = 61
+    breaker.before_call("http://x")
+    assert breaker.state is BreakerState.half_open
+    breaker.record_success()
+    breaker.record_success()
+    assert changes == [BreakerState.open, BreakerState.half_open, BreakerState.closed]
