@@ -76,8 +76,13 @@ def run_per_document(
             done[document_id] = work(document_id)
             clear_quarantine(storage, document_id, stage)
         except DocumentError as error:
+            earlier = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+            if error.reason == "upstream_missing" and earlier is not None:
+                # keep the first stage's reason: that is what a person needs to read
+                error = DocumentError(f"skipped: {earlier.stage} failed: {earlier.message}", retryable=earlier.retryable, reason=earlier.reason)
+            else:
+                quarantine(storage, document_id, stage, error)
             context.log.error(f"{stage} failed for document {document_id}: {error}")
-            quarantine(storage, document_id, stage, error)
             failed[document_id] = error
     if len(context.partition_keys) == 1:
         if failed:

@@ -1,0 +1,236 @@
+"""Generators of hostile and edge-case inputs for the PDF intake and render stages.
+
+Every generator is deterministic (same bytes on every call) and offline. Each stands for
+a real-world failure seen in document pipelines; its docstring names the case.
+
+Observed PyMuPDF 1.28 behaviour for each input is asserted in ``test_samples.py``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pymupdf
+
+LETTER = (612, 792)
+_SAVE = dict(garbage=3, deflate=True, no_new_id=True)
+_META = {
+    "producer": "medkg-pdf test factory",
+    "creator": "medkg-pdf test factory",
+    "creationDate": "D:20250101000000",
+    "modDate": "D:20250101000000",
+}
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _save(doc: pymupdf.Document, **extra) -> bytes:
+    doc.set_metadata(_META)
+    opts = dict(_SAVE)
+    opts.update(extra)
+    data = doc.tobytes(**opts)
+    doc.close()
+    return data
+
+
+def _hand_pdf(objects: list[bytes], root: int = 1) -> bytes:
+    """Serialise numbered objects (1-based, ``objects[i]`` is object ``i+1``'s body,
+    without the ``obj``/``endobj`` wrapper) into a PDF with a correct xref table."""
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for num, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % num + body + b"\nendobj\n"
+    xref_at = len(out)
+    out += b"xref\n0 %d\n" % (len(objects) + 1)
+    out += b"0000000000 65535 f \n"
+    for off in offsets:
+        out += b"%010d 00000 n \n" % off
+    out += b"trailer\n<</Size %d /Root %d 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        root,
+        xref_at,
+    )
+    return bytes(out)
+
+
+def _stream(dictionary: bytes, payload: bytes) -> bytes:
+    return b"<<" + dictionary + b" /Length %d>>\nstream\n" % len(payload) + payload + b"\nendstream"
+
+
+# ---------------------------------------------------------------------------------------
+# generators
+
+
+def text_pdf(lines: list[str], pages: int = 1) -> bytes:
+    """A plain, valid, born-digital letter-size PDF whose every page carries ``lines`` (Helvetica 11 pt)."""
+    doc = pymupdf.open()
+    for _ in range(pages):
+        page = doc.new_page(width=LETTER[0], height=LETTER[1])
+        y = 72.0
+        for line in lines:
+            page.insert_text((72, y), line, fontname="helv", fontsize=11)
+            y += 14.0
+            if y > LETTER[1] - 72:
+                break
+    return _save(doc)
+
+
+def zero_byte() -> bytes:
+    """An empty upload (interrupted transfer, placeholder object in a bucket)."""
+    return b""
+
+
+def html_renamed() -> bytes:
+    """An HTML error or login page saved with a .pdf name (portal download that returned HTML)."""
+    return (
+        b"<!DOCTYPE html>\n<html><head><title>Session expired</title></head>\n"
+        b"<body><h1>Patient Portal</h1><p>Your session has expired. Please sign in again "
+        b"to download discharge-summary.pdf.</p></body></html>\n"
+    )
+
+
+def png_renamed() -> bytes:
+    """A real PNG (a phone photo or screenshot of a document) uploaded with a .pdf name."""
+    rng = np.random.default_rng(7)
+    img = np.full((120, 160, 3), 235, dtype=np.uint8)
+    img[20:100, 20:140] = rng.integers(0, 255, size=(80, 120, 3), dtype=np.uint8)
+    pix = pymupdf.Pixmap(pymupdf.csRGB, 160, 120, img.tobytes(), False)
+    return pix.tobytes("png")
+
+
+def truncated_pdf() -> bytes:
+    """The first 60% of a valid multi-page PDF (download or upload cut short)."""
+    data = text_pdf([f"Progress note line {i}: vitals stable, BP 120/80." for i in range(40)], pages=6)
+    return data[: int(len(data) * 0.6)]
+
+
+def broken_xref_pdf() -> bytes:
+    """A PDF whose xref offsets are all wrong (file edited by a tool that did not rewrite the xref)."""
+    data = text_pdf(["Broken xref sample: hemoglobin 13.5 g/dL", "Platelets 250 x10^3/uL"], pages=2)
+    head, sep, tail = data.rpartition(b"\nxref\n")
+    assert sep, "factory PDF has no classic xref table"
+    lines = tail.split(b"\n")
+    fixed = []
+    for line in lines:
+        # entries look like b"0000000042 00000 n " : shift every in-use offset by 7 bytes
+        if len(line) == 19 and line.endswith(b" n ") and line[:10].isdigit():
+            line = b"%010d" % (int(line[:10]) + 7) + line[10:]
+        fixed.append(line)
+    return head + sep + b"\n".join(fixed)
+
+
+def encrypted_pdf(password: str = "secret") -> bytes:
+    """An AES-256 password-protected PDF (patient records mailed with a user password)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    page.insert_text((72, 72), "CONFIDENTIAL: Pathology report", fontname="helv", fontsize=12)
+    return _save(
+        doc,
+        encryption=pymupdf.PDF_ENCRYPT_AES_256,
+        user_pw=password,
+        owner_pw=password + "-owner",
+        permissions=int(pymupdf.PDF_PERM_PRINT | pymupdf.PDF_PERM_COPY),
+    )
+
+
+def zero_page_pdf() -> bytes:
+    """A syntactically valid PDF with an empty page tree (export of an empty report)."""
+    return _hand_pdf(
+        [
+            b"<</Type /Catalog /Pages 2 0 R>>",
+            b"<</Type /Pages /Kids [] /Count 0>>",
+        ]
+    )
+
+
+def oversized_file(path: Path, size: int = 101 * 1024 * 1024) -> Path:
+    """A file above the upload size limit; written sparse (header then truncate) so it costs no disk."""
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+        f.truncate(size)
+    return path
+
+
+def huge_page_pdf(tile_px: int = 256) -> bytes:
+    """One 14400x14400 pt page (the PDF maximum, e.g. a CAD plot) covered in colour noise.
+
+    A 256x256 random RGB image is tiled at 1 image pixel per device pixel at 150 DPI, so a
+    150-DPI render is 30000x30000 px of incompressible noise (2.7 GB raw, far above 10 MB as PNG)
+    while the PDF itself stays small (~0.3 MB)."""
+    side = 14400
+    rng = np.random.default_rng(14400)
+    noise = rng.integers(0, 256, size=(tile_px, tile_px, 3), dtype=np.uint8)
+    tile = pymupdf.Pixmap(pymupdf.csRGB, tile_px, tile_px, noise.tobytes(), False)
+    doc = pymupdf.open()
+    page = doc.new_page(width=side, height=side)
+    step = tile_px * 72.0 / 150.0  # tile size in points at 150 DPI
+    n = int(np.ceil(side / step))
+    xref = 0
+    for row in range(n):
+        for col in range(n):
+            rect = pymupdf.Rect(col * step, row * step, (col + 1) * step, (row + 1) * step)
+            if xref == 0:
+                xref = page.insert_image(rect, pixmap=tile)
+            else:
+                page.insert_image(rect, xref=xref)
+    return _save(doc)
+
+
+def many_pages_pdf(n: int = 5000) -> bytes:
+    """A very long document (a scanned chart dump of thousands of pages), each page with a line of text."""
+    doc = pymupdf.open()
+    for i in range(n):
+        page = doc.new_page(width=LETTER[0], height=LETTER[1])
+        page.insert_text((72, 72), f"Chart page {i + 1} of {n}", fontname="helv", fontsize=11)
+    return _save(doc)
+
+
+def decompression_bomb_pdf(side: int = 30000) -> bytes:
+    """A page whose image declares side x side gray pixels (900 MB raw) from a ~1 KB doubly-Flate'd stream (a zip-bomb image)."""
+    # Flate stream of side*side zero bytes (~860 KB), built from one repeated full-flush block
+    # (no 900 MB buffer), then compressed again (~1.4 KB): /Filter [/FlateDecode /FlateDecode].
+    rows_per_block = 100
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = comp.compress(bytes(side * rows_per_block)) + comp.flush(zlib.Z_FULL_FLUSH)
+    raw = block * (side // rows_per_block)
+    raw += comp.compress(bytes(side * (side % rows_per_block))) + comp.flush(zlib.Z_FINISH)
+    n = side * side
+    adler = ((n % 65521) << 16) | 1  # adler32 of n zero bytes
+    once = b"\x78\xda" + raw + adler.to_bytes(4, "big")
+    twice = zlib.compress(once, 9)
+    content = b"q 612 0 0 792 0 0 cm /Im0 Do Q"
+    return _hand_pdf(
+        [
+            b"<</Type /Catalog /Pages 2 0 R>>",
+            b"<</Type /Pages /Kids [3 0 R] /Count 1>>",
+            b"<</Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources <</XObject <</Im0 5 0 R>>>> /Contents 4 0 R>>",
+            _stream(b"", content),
+            _stream(
+                b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
+                b"/BitsPerComponent 8 /Filter [/FlateDecode /FlateDecode]" % (side, side),
+                twice,
+            ),
+        ]
+    )
+
+
+__all__ = [
+    "broken_xref_pdf",
+    "decompression_bomb_pdf",
+    "encrypted_pdf",
+    "html_renamed",
+    "huge_page_pdf",
+    "many_pages_pdf",
+    "oversized_file",
+    "png_renamed",
+    "text_pdf",
+    "truncated_pdf",
+    "zero_byte",
+    "zero_page_pdf",
+]

@@ -1,0 +1,138 @@
+"""The document chain in a real Dagster instance, against a fast fake vLLM server.
+
+(The real embedded OCR engine runs the chain in test_chain_embedded.py.)
+"""
+
+import pytest
+from dagster import materialize
+
+from medkg_pdf import layout
+from medkg_pdf.assets import document_assets
+from medkg_pdf.assets.common import QuarantineRecord
+from medkg_pdf.schemas import PageParses, PageStatus, SourceInfo, StructuredDocument
+from medkg_pdf_tests import pdf_factory
+from medkg_pdf_tests.conftest import register_files, vllm_for
+from medkg_pdf_tests.vllm_double import Faults, VllmDouble
+
+MODEL = "medkg-embedded-ocr"
+
+
+@pytest.fixture
+def double():
+    with VllmDouble(model=MODEL) as server:
+        yield server
+
+
+def write(tmp_path, name: str, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def run_chain(instance, storage, vllm, partition_key=None, tags=None, selection=None):
+    return materialize(
+        selection or document_assets,
+        partition_key=partition_key,
+        instance=instance,
+        resources={"storage": storage, "vllm": vllm, "inbox_s3": _unused_s3()},
+        raise_on_error=False,
+        tags=tags,
+    )
+
+
+def _unused_s3():
+    from dagster_aws.s3 import S3Resource
+
+    return S3Resource(region_name="us-east-1")
+
+
+def test_chain_materializes_every_asset_and_writes_files(tmp_path, storage, instance, double):
+    pdf = write(tmp_path, "label.pdf", pdf_factory.text_pdf(["Amoxicillin 500 mg every 8 hours"], pages=3))
+    (doc_id,) = register_files(storage, instance, [pdf])
+    result = run_chain(instance, storage, vllm_for(double.url), doc_id)
+    assert result.success
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events() for e in [e.event_specific_data.materialization]}
+    assert materialized == {"source_pdf", "page_images", "vlm_page_parses", "structured_document", "baseline_parse", "parse_quality"}
+    info = storage.read_model(layout.source_info(doc_id), SourceInfo)
+    assert info.page_count == 3 and info.pages_with_text == [True, True, True]
+    assert storage.read_bytes(layout.page_png(info.sha256, 150, 0)).startswith(b"\x89PNG")
+    parses = storage.read_model(layout.page_parses(doc_id), PageParses)
+    assert [p.status for p in parses.pages] == [PageStatus.ok] * 3 and parses.model_calls == 3
+    document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)
+    assert document.page_count == 3 and document.sections[0].heading == "Page"
+    assert storage.read_text(layout.structured_markdown(doc_id)).startswith("# Page")
+
+
+def test_rerun_makes_zero_model_calls_and_a_prompt_change_reparses(tmp_path, storage, instance, double):
+    pdf = write(tmp_path, "guide.pdf", pdf_factory.text_pdf(["Sepsis bundle 30 mL/kg"], pages=4))
+    (doc_id,) = register_files(storage, instance, [pdf])
+    assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
+    assert double.requests == 4
+    assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
+    assert double.requests == 4
+    assert storage.read_model(layout.page_parses(doc_id), PageParses).cached_pages == 4
+    assert run_chain(instance, storage, vllm_for(double.url, prompt_version="page-markdown-v2"), doc_id).success
+    assert double.requests == 8
+
+
+def test_identical_pdfs_under_two_names_are_parsed_once(tmp_path, storage, instance, double):
+    data = pdf_factory.text_pdf(["Metformin 850 mg twice daily"], pages=2)
+    ids = register_files(storage, instance, [write(tmp_path, "a.pdf", data), write(tmp_path, "copy of a.pdf", data)])
+    for doc_id in ids:
+        assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
+    assert double.requests == 2
+    assert all(storage.exists(layout.quality(doc_id)) for doc_id in ids)
+
+
+def test_bad_pdf_fails_its_run_with_a_clear_error_and_is_quarantined(tmp_path, storage, instance, double):
+    (doc_id,) = register_files(storage, instance, [write(tmp_path, "locked.pdf", pdf_factory.encrypted_pdf())])
+    result = run_chain(instance, storage, vllm_for(double.url), doc_id)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "password-protected" in failure.event_specific_data.error.message
+    record = storage.read_model(layout.quarantine(doc_id), QuarantineRecord)
+    assert record.stage == "source_pdf" and record.reason == "encrypted" and not record.retryable
+    assert double.requests == 0
+
+
+def test_a_bad_document_in_a_backfill_run_does_not_stop_the_others(tmp_path, storage, instance, double):
+    good = write(tmp_path, "good.pdf", pdf_factory.text_pdf(["Warfarin 5 mg"], pages=2))
+    bad = write(tmp_path, "bad.pdf", pdf_factory.html_renamed())
+    good2 = write(tmp_path, "good2.pdf", pdf_factory.text_pdf(["Heparin 5000 units"], pages=1))
+    ids = register_files(storage, instance, [good, bad, good2])
+    result = run_chain(
+        instance, storage, vllm_for(double.url),
+        tags={"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]},
+    )  # fmt: skip
+    assert result.success
+    assert storage.exists(layout.quality(ids[0])) and storage.exists(layout.quality(ids[2]))
+    assert not storage.exists(layout.quality(ids[1]))
+    assert "HTML" in storage.read_model(layout.quarantine(ids[1]), QuarantineRecord).message
+    assert double.requests == 3
+
+
+def test_server_outage_mid_run_keeps_parsed_pages_and_the_rerun_does_the_rest(tmp_path, storage, instance):
+    pdf = write(tmp_path, "long.pdf", pdf_factory.text_pdf(["Page of a long guideline"], pages=12))
+    (doc_id,) = register_files(storage, instance, [pdf])
+    answered = []
+
+    def answer_then_die(png, body):
+        answered.append(1)
+        if len(answered) == 5:
+            double.set_faults(Faults(error_503=1.0))  # the server starts failing after 5 pages
+        return f"# Page\n\nanswer {len(answered)}"
+
+    with VllmDouble(model=MODEL, answer=answer_then_die) as double:
+        vllm = vllm_for(double.url, max_concurrency=1, breaker_recovery_s=60)
+        result = run_chain(instance, storage, vllm, doc_id)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert "pages failed" in failure.event_specific_data.error.message
+        stored = [p for p in storage.list_keys(f"cache") if "/parses/" in p]
+        ok_before = [k for k in stored if '"ok"' in storage.read_text(k)]
+        assert len(ok_before) == 5
+        double.set_faults(Faults())
+        requests_before = double.requests
+        assert run_chain(instance, storage, vllm, doc_id).success
+        assert double.requests - requests_before == 7
+        assert not storage.exists(layout.quarantine(doc_id))
