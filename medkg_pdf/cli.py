@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the summary says what failed
 
 
 def _data_dir(arg: str | None) -> Path:
@@ -26,6 +26,9 @@ def _instance(data_dir: Path):
     if not os.environ.get("DAGSTER_HOME"):
         home = data_dir / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            config.write_text("telemetry:\n  enabled: false\n")  # `make ui` replaces it with the repo's dagster.yaml
         os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
@@ -124,7 +127,9 @@ def _print_result(result: dict[str, Any]) -> None:
             flush=True,
         )
     else:
-        print(f"  FAILED  {result['source']}: {result['error']}", flush=True)
+        error = result["error"] or ""
+        error = error.removeprefix(f"{result['source']}: ")
+        print(f"  FAILED  {result['source']}: {error}", flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
