@@ -7,6 +7,8 @@ a re-run reuses every finished page.
 
 from __future__ import annotations
 
+import re
+
 from medkg_pdf.partitions import is_document_id
 
 
@@ -63,3 +65,43 @@ def page_png(sha256: str, dpi: int, page_index: int) -> str:
 
 def page_parse(sha256: str, page_index: int, cache_key: str) -> str:
     return f"cache/{sha256}/parses/page-{page_index + 1:05d}-{cache_key}.json"
+
+
+def safe_segment(name: str) -> str:
+    """A model name or prompt version as one storage key segment ("Qwen/Qwen2.5-VL" -> "Qwen--Qwen2.5-VL")."""
+    segment = re.sub(r"[^A-Za-z0-9._-]", "-", name.replace("/", "--")).lstrip("._-")[:128]
+    if not segment:
+        raise ValueError(f"cannot make a storage key segment of {name[:200]!r}")
+    return segment
+
+
+def pinned_structured(model: str, prompt_version: str, document_id: str) -> str:
+    """A structured document accepted as the regression baseline, kept per model and prompt version."""
+    _doc(document_id)
+    return f"baselines/{safe_segment(model)}/{safe_segment(prompt_version)}/{document_id}.json"
+
+
+def pinned_quality(model: str, prompt_version: str, document_id: str) -> str:
+    _doc(document_id)
+    return f"baselines/{safe_segment(model)}/{safe_segment(prompt_version)}/{document_id}.quality.json"
+
+
+def accepted_baseline(document_id: str) -> str:
+    """Which pinned structured document is the accepted baseline of this document."""
+    return f"{_doc(document_id)}/accepted-baseline.json"
+
+
+def regression(document_id: str) -> str:
+    return f"{_doc(document_id)}/regression.json"
+
+
+def quality_report(day: str, name: str) -> str:
+    """Files of the daily quality report, e.g. reports/quality/2026-11-23/documents.csv."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise ValueError(f"not a report day: {day[:50]!r}")
+    return f"reports/quality/{day}/{name}"
+
+
+def quality_report_latest() -> str:
+    """Pointer to the newest quality report (its day and evaluation time), read by the SLO checks."""
+    return "reports/quality/latest.json"

@@ -90,6 +90,15 @@ class SamplingParams(Record):
     frequency_penalty: float | None = None
 
 
+class Region(Record):
+    """A piece of a page the model located: its kind, text and box (fractions 0..1 of the image)."""
+
+    label: str
+    kind: str
+    text: str
+    bbox: tuple[float, float, float, float]
+
+
 class PageParse(Record):
     """One page's answer from the model server, stored as its own JSON file when it arrives."""
 
@@ -100,8 +109,11 @@ class PageParse(Record):
     markdown: str = ""
     error: str | None = None
     model: str
+    profile: str = "qwen2.5-vl"
     prompt_version: str
     sampling: SamplingParams
+    regions: list[Region] = []
+    rotation_applied: int = 0  # degrees clockwise the image was turned before the final answer
     image_width: int = 0
     image_height: int = 0
     prompt_tokens: int = 0
@@ -123,7 +135,7 @@ class PageParses(Record):
     cached_pages: int
 
 
-BlockKind = Literal["heading", "paragraph", "list", "table", "caption", "code"]
+BlockKind = Literal["heading", "paragraph", "list", "table", "caption", "code", "figure"]
 
 
 class Block(Record):
@@ -189,3 +201,49 @@ class DocumentQuality(Record):
     word_f1: float | None
     numeric_recall: float | None
     baseline: str = "text_layer"
+    # when the document's chain finished; with SourceRef.arrived_at it gives the end-to-end latency
+    completed_at: datetime = Field(default_factory=utc_now)
+
+
+class AcceptedBaseline(Record):
+    """Pointer to the structured document a person accepted as the regression baseline."""
+
+    document_id: str
+    model: str
+    prompt_version: str
+    sha256: str  # of the PDF the pinned output was made from
+    structured_key: str  # storage key of the pinned structured.json copy
+    quality_key: str | None = None  # pinned quality.json copy (its match score), when there was one
+    match_score: float | None = None
+    accepted_at: datetime = Field(default_factory=utc_now)
+
+
+class RegressionPage(Record):
+    page: int  # 1-based
+    word_f1: float
+    numeric_recall: float
+    numeric_missing: list[str] = []
+
+
+RegressionVerdict = Literal["unchanged", "changed", "worse", "no_baseline", "source_changed"]
+
+
+class RegressionQuality(Record):
+    """The current structured document compared with its accepted (pinned) one."""
+
+    document_id: str
+    verdict: RegressionVerdict
+    reasons: list[str] = []
+    baseline_model: str | None = None
+    baseline_prompt_version: str | None = None
+    current_model: str
+    current_prompt_version: str
+    word_f1: float | None = None
+    numeric_recall: float | None = None
+    numeric_missing: list[str] = []
+    table_cell_agreement: float | None = None  # None when the pinned document has no table
+    tables_compared: int = 0
+    pages: list[RegressionPage] = []
+    match_score_baseline: float | None = None
+    match_score_current: float | None = None
+    compared_at: datetime = Field(default_factory=utc_now)

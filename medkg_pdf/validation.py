@@ -59,6 +59,8 @@ def validate_pdf(data: bytes, *, max_pages: int, max_bytes: int = MAX_PDF_BYTES)
     except Exception as error:  # pymupdf raises FileDataError/RuntimeError variants
         raise InvalidPdfError("corrupt", f"PyMuPDF cannot open the PDF (truncated or corrupt): {error}") from None
     with doc:
+        if not doc.is_pdf:  # MuPDF sniffs content and would happily open HTML or images
+            raise InvalidPdfError("not_pdf", f"the file is {_sniff(data)}, not a PDF")
         if doc.needs_pass or doc.is_encrypted:
             raise InvalidPdfError("encrypted", "the PDF is password-protected; upload an unlocked copy")
         if doc.page_count < 1:

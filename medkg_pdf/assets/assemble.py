@@ -8,13 +8,36 @@ from medkg_pdf.assets.common import require, run_per_document
 from medkg_pdf.markdown_blocks import markdown_to_blocks
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import Block, PageParses, Section, StructuredDocument
+from medkg_pdf.schemas import Block, PageImages, PageParse, PageParses, Section, StructuredDocument
+
+_HEADING_LEVEL = {"title": 1, "sub_title": 2}
 
 
-def build_document(parses: PageParses) -> StructuredDocument:
+def page_blocks(parse: PageParse, page_size_pt: tuple[float, float] | None) -> list[Block]:
+    """Blocks of one page; where the model located regions, each block carries its box in PDF points."""
+    number = parse.page_index + 1
+    if not parse.regions or page_size_pt is None:
+        return markdown_to_blocks(parse.markdown, page=number)
+    width, height = page_size_pt
+    blocks = []
+    for region in parse.regions:
+        if region.kind in ("page_header", "page_footer") or not region.text.strip():
+            continue
+        x0, y0, x1, y1 = region.bbox
+        bbox = (round(x0 * width, 2), round(y0 * height, 2), round(x1 * width, 2), round(y1 * height, 2))
+        for block in markdown_to_blocks(region.text, page=number):
+            update: dict = {"bbox": bbox}
+            if region.label in _HEADING_LEVEL and block.kind == "paragraph":
+                update.update(kind="heading", level=_HEADING_LEVEL[region.label])
+            blocks.append(block.model_copy(update=update))
+    return blocks
+
+
+def build_document(parses: PageParses, images: PageImages | None = None) -> StructuredDocument:
+    sizes = {i.index: (i.width * 72 / i.dpi, i.height * 72 / i.dpi) for i in images.pages} if images else {}
     blocks: list[Block] = []
     for parse in sorted(parses.pages, key=lambda p: p.page_index):
-        blocks.extend(markdown_to_blocks(parse.markdown, page=parse.page_index + 1))
+        blocks.extend(page_blocks(parse, sizes.get(parse.page_index)))
     sections: list[Section] = []
     for block in blocks:
         if block.kind == "heading" or not sections:
@@ -69,7 +92,8 @@ def to_markdown(document: StructuredDocument) -> str:
 def structured_document(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
     def assemble(document_id: str) -> dict:
         parses = require(storage, layout.page_parses(document_id), PageParses, "the page parses")
-        document = build_document(parses)
+        images = storage.read_model_or_none(layout.page_images(document_id), PageImages)
+        document = build_document(parses, images)
         storage.write_model(layout.structured_json(document_id), document)
         storage.write_text(layout.structured_markdown(document_id), to_markdown(document))
         kinds: dict[str, int] = {}

@@ -14,6 +14,9 @@ from typing import Any
 from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
+from medkg_pdf.resources.inbox import InboxConfig
+from medkg_pdf.resources.pushgateway import PushgatewayResource
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage, LocalStorage, S3Storage
 from medkg_pdf.resources.vllm import EMBEDDED_MODEL, VLLMResource
 
@@ -42,6 +45,44 @@ def vllm_resource(environ: Mapping[str, str], *, default_model: str) -> VLLMReso
     return VLLMResource(**settings)
 
 
+def inbox_config(environ: Mapping[str, str]) -> InboxConfig:
+    """The S3 inbox the arrival sensor watches (`MEDKG_INBOX_*`); no bucket: the sensor skips."""
+    settings: dict[str, Any] = {
+        "bucket": environ.get("MEDKG_INBOX_BUCKET", ""),
+        "prefix": environ.get("MEDKG_INBOX_PREFIX", ""),
+    }
+    for field, name in (
+        ("max_per_tick", "MEDKG_INBOX_MAX_PER_TICK"),
+        ("lookback_seconds", "MEDKG_INBOX_LOOKBACK_SECONDS"),
+        ("minimum_interval_seconds", "MEDKG_INBOX_INTERVAL_SECONDS"),
+    ):
+        if environ.get(name):
+            settings[field] = int(environ[name])
+    return InboxConfig(**settings)
+
+
+def quality_targets(environ: Mapping[str, str]) -> QualityTargets:
+    """Gates and SLO targets keep their documented defaults; only the SLO window is an env knob."""
+    return QualityTargets(window_h=float(environ.get("MEDKG_SLO_WINDOW_HOURS", "24")))
+
+
+def pushgateway(environ: Mapping[str, str]) -> PushgatewayResource:
+    """`MEDKG_PUSHGATEWAY_URL` (e.g. http://pushgateway:9091): the report pushes the SLO figures there."""
+    return PushgatewayResource(
+        url=environ.get("MEDKG_PUSHGATEWAY_URL") or None, job=environ.get("MEDKG_PUSHGATEWAY_JOB", "medkg_pdf")
+    )
+
+
+def freshness_hours(name: str, default: tuple[float, float], environ: Mapping[str, str] | None = None) -> tuple[float, float]:
+    """`MEDKG_FRESHNESS_<NAME>_HOURS="warn,fail"`, e.g. "24,48"; unset: `default`."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(f"MEDKG_FRESHNESS_{name.upper()}_HOURS")
+    if not value:
+        return default
+    warn, fail = (float(part) for part in value.split(","))
+    return warn, fail
+
+
 def resources_for(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     env = environ.get("MEDKG_ENV", "local")
@@ -58,4 +99,11 @@ def resources_for(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         vllm = vllm_resource(environ, default_model=PROD_DEFAULT_MODEL)
     else:
         raise RuntimeError(f"MEDKG_ENV must be 'local' or 'prod', not {env!r}")
-    return {"storage": storage, "vllm": vllm, "inbox_s3": s3}
+    return {
+        "storage": storage,
+        "vllm": vllm,
+        "inbox_s3": s3,
+        "inbox": inbox_config(environ),
+        "quality_targets": quality_targets(environ),
+        "pushgateway": pushgateway(environ),
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import json
 import logging
 import math
@@ -23,18 +24,13 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from medkg_pdf.profiles import InvalidAnswerError, ModelProfile, get_profile
 from medkg_pdf.resources.breaker import BreakerOpenError, BreakerState, CircuitBreaker
 from medkg_pdf.schemas import PageParse, PageStatus, SamplingParams
 
 log = logging.getLogger("medkg_pdf.vllm")
 
 EMBEDDED_MODEL = "medkg-embedded-ocr"
-DEFAULT_PROMPT = (
-    "Convert this page of a medical document to markdown. Keep the reading order (left column "
-    "before right column), headings as #, lists as -, tables as markdown tables, and copy every "
-    "number, dose, unit and percentage exactly. Output only the markdown."
-)
-DEFAULT_PROMPT_VERSION = "page-markdown-v1"
 MAX_ANSWER_CHARS = 200_000  # model output is untrusted text: cap what we keep
 _FATAL_HINTS = {
     401: "the server refused the API key: set MEDKG_VLLM_API_KEY to the key vLLM was started with (--api-key)",
@@ -135,11 +131,24 @@ def looks_repetitive(text: str, window: int = 800, max_period: int = 200, min_re
     return len(lines) >= 12 and any(lines.count(line) >= 10 and len(line) >= 8 for line in set(lines[-40:]))
 
 
+def resize_png(png: bytes, width: int, height: int) -> bytes:
+    return pymupdf.Pixmap(pymupdf.Pixmap(png), width, height, None).tobytes("png")
+
+
 def downscale_png(png: bytes, factor: float) -> tuple[bytes, int, int]:
     pix = pymupdf.Pixmap(png)
     width, height = max(1, int(pix.width * factor)), max(1, int(pix.height * factor))
-    scaled = pymupdf.Pixmap(pix, width, height, None)
-    return scaled.tobytes("png"), width, height
+    return pymupdf.Pixmap(pix, width, height, None).tobytes("png"), width, height
+
+
+def rotate_png(png: bytes, degrees_clockwise: int) -> tuple[bytes, int, int]:
+    from PIL import Image  # Pillow: PyMuPDF pixmaps cannot rotate
+
+    with Image.open(io.BytesIO(png)) as image:
+        turned = image.rotate(-degrees_clockwise, expand=True)
+        out = io.BytesIO()
+        turned.save(out, format="PNG")
+        return out.getvalue(), turned.width, turned.height
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -172,8 +181,11 @@ class VLLMResource(ConfigurableResource):
     max_tokens: int = 4096
     max_model_len: int | None = Field(default=None, description="Context length; unset: read from /v1/models, else 8192.")
     image_patch_px: int = 28
-    prompt: str = DEFAULT_PROMPT
-    prompt_version: str = DEFAULT_PROMPT_VERSION
+    profile: str | None = Field(
+        default=None, description="qwen2.5-vl | deepseek-ocr | olmocr-2 | embedded-ocr; unset: inferred from the model name."
+    )
+    prompt: str | None = Field(default=None, description="Override of the profile's prompt (set prompt_version too).")
+    prompt_version: str | None = None
     engine_concurrency: int = Field(default=2, description="OCR threads of the embedded engine.")
 
     _engine: Any = PrivateAttr(default=None)
@@ -203,6 +215,18 @@ class VLLMResource(ConfigurableResource):
         return url.rstrip("/")
 
     # ----- identity of a result ----------------------------------------------------------------
+    @property
+    def model_profile(self) -> ModelProfile:
+        return get_profile(self.profile, self.model)
+
+    @property
+    def effective_prompt(self) -> str:
+        return self.prompt or self.model_profile.prompt
+
+    @property
+    def effective_prompt_version(self) -> str:
+        return self.prompt_version or self.model_profile.prompt_version
+
     def sampling(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, seed=self.seed, max_tokens=self.max_tokens)
 
@@ -213,7 +237,8 @@ class VLLMResource(ConfigurableResource):
             "page": page_index,
             "dpi": dpi,
             "model": self.model,
-            "prompt_version": self.prompt_version,
+            "profile": self.model_profile.name,
+            "prompt_version": self.effective_prompt_version,
             "sampling": self.sampling().model_dump(),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
@@ -312,13 +337,15 @@ class VLLMResource(ConfigurableResource):
     # ----- one page ----------------------------------------------------------------------------
     async def _parse_one(self, client, page: PageRequest, breaker, max_model_len, stats, enqueued) -> PageParse:
         queue_wait = time.perf_counter() - enqueued
+        profile = self.model_profile
         sampling = self.sampling()
         base = dict(
             document_id=page.document_id,
             page_index=page.page_index,
             cache_key=page.cache_key,
             model=self.model,
-            prompt_version=self.prompt_version,
+            profile=profile.name,
+            prompt_version=self.effective_prompt_version,
             queue_wait_s=round(queue_wait, 4),
         )
         if page.blank:
@@ -326,18 +353,17 @@ class VLLMResource(ConfigurableResource):
         png = await asyncio.to_thread(page.load_png)
         width, height = png_size(png)
         try:
-            png, width, height = await asyncio.to_thread(self._fit_context, png, width, height, sampling, max_model_len)
+            png, width, height = await asyncio.to_thread(self._size_for_model, profile, png, width, height, sampling, max_model_len)
         except PageFailure as failure:
             return PageParse(**base, sampling=sampling, status=failure.status, error=str(failure))
-        data_url = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        del png
-        attempts = 0
+        attempts, rotation = 0, 0
         started = time.perf_counter()
         answer: dict[str, Any] = {}
-        status, error = PageStatus.ok, None
-        for round_ in range(2):  # a truncated or repetitive answer earns one retry with penalties
+        parsed = None
+        for round_ in range(3):  # one retry for truncation/repetition, one for a rotated page
+            data_url = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
             try:
-                answer, tries = await self._complete(client, data_url, sampling, breaker, stats)
+                answer, tries = await self._complete(client, data_url, sampling, breaker, stats, profile)
                 attempts += tries
             except BreakerOpenError as exc:
                 status, error = PageStatus.breaker_open, str(exc)
@@ -347,17 +373,42 @@ class VLLMResource(ConfigurableResource):
                 status, error = exc.status, self.redact(str(exc))
                 break
             status, error = self._judge(answer)
-            if status not in (PageStatus.truncated, PageStatus.repetition) or round_ == 1:
+            if status in (PageStatus.truncated, PageStatus.repetition):
+                if round_ == 0 and sampling.repetition_penalty is None:
+                    sampling = sampling.model_copy(update={"repetition_penalty": 1.1, "frequency_penalty": 0.3})
+                    continue
                 break
-            sampling = sampling.model_copy(update={"repetition_penalty": 1.1, "frequency_penalty": 0.3})
+            if status is not PageStatus.ok:
+                break
+            try:
+                parsed = profile.parse(answer["text"])
+            except InvalidAnswerError as exc:
+                status, error = PageStatus.invalid_response, f"{profile.name} answer: {exc}"
+                break
+            if parsed.rotation_correction and not rotation:
+                # the model says the page is sideways: turn the image and ask once more
+                rotation = parsed.rotation_correction
+                png, width, height = await asyncio.to_thread(rotate_png, png, rotation)
+                parsed = None
+                continue
+            if not parsed.markdown.strip() and not parsed.regions:
+                status, error = PageStatus.empty, "the answer had no text after parsing"
+            break
         usage = answer.get("usage") or {}
-        text = answer.get("text", "")
+        if parsed is not None:
+            markdown = parsed.markdown
+        elif status is PageStatus.truncated:
+            markdown = answer.get("text", "")
+        else:
+            markdown = ""
         return PageParse(
             **base,
             sampling=sampling,
             status=status,
             error=error,
-            markdown=text if status in (PageStatus.ok, PageStatus.truncated) else "",
+            markdown=markdown,
+            regions=parsed.regions if parsed is not None and status is PageStatus.ok else [],
+            rotation_applied=rotation,
             image_width=width,
             image_height=height,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -367,9 +418,15 @@ class VLLMResource(ConfigurableResource):
             finish_reason=answer.get("finish_reason"),
         )
 
+    def _size_for_model(self, profile: ModelProfile, png: bytes, width: int, height: int, sampling, max_model_len):
+        target_w, target_h = profile.target_size(width, height)
+        if (target_w, target_h) != (width, height):
+            png, width, height = resize_png(png, target_w, target_h), target_w, target_h
+        return self._fit_context(png, width, height, sampling, max_model_len)
+
     def _fit_context(self, png: bytes, width: int, height: int, sampling: SamplingParams, max_model_len: int):
         """Never send a request the server must reject: shrink the image until prompt + image + answer fit."""
-        prompt_tokens = len(self.prompt) // 3 + 32
+        prompt_tokens = len(self.effective_prompt) // 3 + 32
         available = max_model_len - sampling.max_tokens - prompt_tokens
         min_image_tokens = 64
         if available < min_image_tokens:
@@ -388,7 +445,7 @@ class VLLMResource(ConfigurableResource):
                 return scaled, new_w, new_h
             factor *= 0.95
 
-    async def _complete(self, client, data_url: str, sampling: SamplingParams, breaker: CircuitBreaker, stats: RunStats):
+    async def _complete(self, client, data_url: str, sampling: SamplingParams, breaker: CircuitBreaker, stats: RunStats, profile: ModelProfile):
         body = {
             "model": self.model,
             "messages": [
@@ -396,11 +453,12 @@ class VLLMResource(ConfigurableResource):
                     "role": "user",
                     "content": [
                         {"type": "image_url", "image_url": {"url": data_url}},
-                        {"type": "text", "text": self.prompt},
+                        {"type": "text", "text": self.effective_prompt},
                     ],
                 }
             ],
             **sampling.model_dump(exclude_none=True),
+            **profile.extra_body,
         }
         tries = 0
 

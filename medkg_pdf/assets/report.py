@@ -1,0 +1,231 @@
+"""The daily quality report: scores, page outcomes and SLOs of the documents of the last window.
+
+Written to `reports/quality/<day>/` as CSV (and Parquet when pyarrow is installed) plus two PNG
+plots, summarised in the asset's metadata (the plots embedded, so the Dagster UI shows them),
+pushed to a Prometheus Pushgateway when one is configured, and judged by the SLO checks in
+`medkg_pdf.checks.slo`, which re-read the CSV this asset wrote.
+"""
+
+import base64
+import io
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in a run worker
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+
+from medkg_pdf import fleet, layout, prometheus, slo  # noqa: E402
+from medkg_pdf.resources.pushgateway import PushgatewayResource  # noqa: E402
+from medkg_pdf.resources.quality import QualityTargets  # noqa: E402
+from medkg_pdf.resources.storage import DocumentStorage  # noqa: E402
+from medkg_pdf.schemas import utc_now  # noqa: E402
+
+WORST_DOCUMENTS = 10
+PLOT_DPI = 80
+
+try:  # Parquet is a bonus: the CSV is the contract
+    import pyarrow  # noqa: F401
+
+    HAVE_PYARROW = True
+except ImportError:
+    HAVE_PYARROW = False
+
+
+class ReportPointer(BaseModel):
+    """`reports/quality/latest.json`: what the SLO checks evaluate."""
+
+    day: str
+    evaluated_at: datetime
+    documents_csv: str
+    slo_json: str
+
+
+def read_report_documents(storage: DocumentStorage, pointer: ReportPointer) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(storage.read_bytes(pointer.documents_csv)))
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def score_plot(cohort: pd.DataFrame, targets: QualityTargets) -> bytes:
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, column, gate, label in (
+        (axes[0], "match_score", targets.min_match_score, "match score (word F1 vs text layer)"),
+        (axes[1], "numeric_recall", targets.min_numeric_recall, "numeric-token recall"),
+    ):
+        values = cohort[column].dropna().astype(float) if len(cohort) else pd.Series(dtype=float)
+        if len(values):
+            ax.hist(values.clip(lower=0.5), bins=[0.5 + i * 0.025 for i in range(21)], color="#4c72b0")
+        else:
+            ax.text(0.5, 0.5, "no documents with a baseline", ha="center", va="center", transform=ax.transAxes)
+        ax.axvline(gate, color="#c44e52", linestyle="--", label=f"gate {gate}")
+        ax.set_xlim(0.5, 1.0)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("score (values below 0.5 shown at 0.5)", fontsize=8)
+        ax.set_ylabel("documents", fontsize=8)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def latency_plot(over_time: pd.DataFrame, targets: slo.SloTargets) -> bytes:
+    figure, ax = plt.subplots(figsize=(8, 3))
+    colors = {"p50": "#4c72b0", "p95": "#dd8452", "p99": "#c44e52"}
+    if len(over_time):
+        for name in slo.QUANTILES:
+            ax.plot(over_time.index, over_time[name], marker="o", color=colors[name], label=f"{name} measured")
+    else:
+        ax.text(0.5, 0.5, "no completed documents in the window", ha="center", va="center", transform=ax.transAxes)
+    for name in slo.QUANTILES:
+        ax.axhline(targets.latency_target(name), color=colors[name], linestyle="--", linewidth=0.8, label=f"{name} target")
+    ax.set_ylabel("end-to-end latency, s")
+    ax.set_title("latency percentiles per hour of completion", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+def _num(value: float | None, fmt: str = "{:.3f}") -> str:
+    return "n/a" if value is None or pd.isna(value) else fmt.format(value)
+
+
+def slo_table(report: slo.SloReport) -> str:
+    ok = {True: "met", False: "**missed**"}
+    rows = ["| SLO | measured | target | status |", "|---|---|---|---|"]
+    for name in slo.QUANTILES:
+        rows.append(
+            f"| latency {name} | {_num(report.latency_s[name], '{:.1f} s')} | < {report.targets.latency_target(name):g} s | "
+            f"{ok[report.latency_ok[name]]} |"
+        )
+    rows.append(
+        f"| throughput while backlog | {_num(report.throughput_per_h, '{:.1f}/h')} | >= {report.targets.throughput_per_h:g}/h | "
+        f"{ok[report.throughput_ok]} |"
+    )
+    rows.append(
+        f"| error rate | {_num(report.error_rate, '{:.2%}')} | < {report.targets.max_error_rate:.0%} | {ok[report.error_rate_ok]} |"
+    )
+    return "\n".join(rows)
+
+
+def worst_table(cohort: pd.DataFrame) -> str:
+    rows = ["| document | status | match score | numeric recall | pages failed | regression | outputs |", "|---|---|---|---|---|---|---|"]
+    if not len(cohort):
+        return "\n".join(rows + ["| none | | | | | | |"])
+    ranked = cohort.assign(
+        _failed=(cohort["status"] == "failed").astype(int),
+        _score=cohort["match_score"].astype(float).fillna(2.0),  # no baseline sorts after the scored ones
+    ).sort_values(["_failed", "_score"], ascending=[False, True])
+    for _, row in ranked.head(WORST_DOCUMENTS).iterrows():
+        links = [f"[{label}]({row[column]})" for label, column in (("json", "structured_json"), ("md", "structured_md"), ("quality", "quality_json")) if isinstance(row[column], str)]
+        status = row["status"] if row["status"] != "failed" else f"failed at {row['failure_stage']}: {row['failure_reason']}"
+        rows.append(
+            f"| `{row['document_id']}` | {status} | {_num(row['match_score'])} | {_num(row['numeric_recall'])} | "
+            f"{_num(row['pages_failed'], '{:.0f}')} | {row['regression_verdict'] if isinstance(row['regression_verdict'], str) else ''} | "
+            f"{' '.join(links)} |"
+        )
+    return "\n".join(rows)
+
+
+@asset(
+    group_name="reports",
+    deps=["parse_quality", "regression_quality"],
+    kinds={"pandas", "csv"},
+    description="Daily: per-document scores, page outcomes, latency percentiles vs the SLOs and the worst "
+    "documents of the SLO window, as CSV + plots in storage and pushed to Prometheus.",
+)
+def quality_report(
+    context: AssetExecutionContext,
+    storage: DocumentStorage,
+    quality_targets: QualityTargets,
+    pushgateway: PushgatewayResource,
+) -> MaterializeResult:
+    now = utc_now()
+    day = now.date().isoformat()
+    targets = quality_targets.slo()
+    everything = fleet.load_documents(storage)
+    classified = slo.classify(everything)
+    report = slo.evaluate(classified, now, targets)
+    cohort = fleet.with_details(storage, slo.in_window(classified, now, targets.window))
+    over_time = slo.latency_over_time(classified, now, targets.window, freq="1h")
+    page_counts: Counter = Counter()
+    for statuses in cohort["page_statuses"].dropna():
+        page_counts.update(statuses)
+
+    files: dict[str, str] = {}
+
+    def put(name: str, data: bytes) -> str:
+        key = layout.quality_report(day, name)
+        files[name] = storage.write_bytes(key, data)
+        return key
+
+    table = cohort.assign(page_statuses=cohort["page_statuses"].map(lambda s: json.dumps(s) if isinstance(s, dict) else ""))
+    documents_key = put("documents.csv", table.to_csv(index=False).encode())
+    put("latency-per-hour.csv", over_time.to_csv(index_label="hour").encode())
+    put("page-status.csv", pd.Series(page_counts, name="pages", dtype=int).rename_axis("status").to_csv().encode())
+    slo_key = put("slo.json", json.dumps({"evaluated_at": now.isoformat(), **report.as_dict()}, indent=2).encode())
+    if HAVE_PYARROW:
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        put("documents.parquet", buffer.getvalue())
+    scores_png = score_plot(cohort, quality_targets)
+    latency_png = latency_plot(over_time, targets)
+    put("scores.png", scores_png)
+    put("latency.png", latency_png)
+    registry = prometheus.registry_for(everything, report, now)
+    put("metrics.prom", prometheus.exposition(registry).encode())
+    pointer = ReportPointer(day=day, evaluated_at=now, documents_csv=documents_key, slo_json=slo_key)
+    storage.write_model(layout.quality_report_latest(), pointer)
+
+    pushed = None
+    if pushgateway.configured:
+        try:
+            pushed = pushgateway.push(registry)
+        except OSError as error:  # a monitoring outage must not lose the report
+            context.log.warning(f"could not push the SLO figures to {pushgateway.url}: {error}")
+
+    summary = "\n\n".join(
+        [
+            f"**{report.documents} documents** arrived in the window {report.window_start:%Y-%m-%d %H:%M} - "
+            f"{report.window_end:%Y-%m-%d %H:%M} UTC: {report.completed} completed, {report.failed} failed, "
+            f"{report.pending} pending.",
+            slo_table(report),
+            "**Pages**: " + (", ".join(f"{status} {count}" for status, count in page_counts.most_common()) or "none"),
+            "**Worst documents**\n\n" + worst_table(cohort),
+            _img(scores_png, "score distribution"),
+            _img(latency_png, "latency percentiles per hour"),
+        ]
+    )
+    metadata: dict[str, Any] = {
+        "report": MetadataValue.md(summary),
+        "documents": report.documents,
+        "completed": report.completed,
+        "failed": report.failed,
+        "pending": report.pending,
+        "latency_p50_s": report.latency_s["p50"],
+        "latency_p95_s": report.latency_s["p95"],
+        "latency_p99_s": report.latency_s["p99"],
+        "throughput_per_h": report.throughput_per_h,
+        "error_rate": report.error_rate,
+        "mean_match_score": float(cohort["match_score"].astype(float).mean()) if cohort["match_score"].notna().any() else None,
+        "page_status": dict(page_counts),
+        "files": MetadataValue.md("\n".join(f"- [{name}]({uri})" for name, uri in files.items())),
+        "parquet": "written" if HAVE_PYARROW else "skipped: pyarrow is not installed",
+        "pushgateway": pushed or ("push failed" if pushgateway.configured else "not configured (MEDKG_PUSHGATEWAY_URL)"),
+    }
+    return MaterializeResult(metadata={key: value for key, value in metadata.items() if value is not None})

@@ -1,0 +1,30 @@
+"""Jobs people pick in the UI (Jobs tab, Launchpad, partition backfills) and automation targets."""
+
+from dagster import AssetKey, AssetSelection, define_asset_job
+
+from medkg_pdf.assets import document_assets
+from medkg_pdf.partitions import documents
+
+# source_pdf -> page_images -> vlm_page_parses -> structured_document, baseline_parse -> parse_quality
+DOCUMENT_CHAIN: list[AssetKey] = [key for asset in document_assets for key in asset.keys]
+
+document_chain_job = define_asset_job(
+    name="document_chain_job",
+    selection=AssetSelection.assets(*DOCUMENT_CHAIN),
+    partitions_def=documents,
+    description=(
+        "The whole chain for the selected documents: PDF intake, page images, VLM parsing, structured "
+        "document, text-layer baseline and parse quality. The S3 arrival sensor and the hourly "
+        "reconciliation schedule launch it; backfills group 10 documents per run."
+    ),
+)
+
+requality_job = define_asset_job(
+    name="requality_job",
+    selection=AssetSelection.assets(AssetKey("parse_quality")),
+    partitions_def=documents,
+    description=(
+        "Only `parse_quality`: re-scores stored parses against the text-layer baseline (after a metric "
+        "or baseline change) without sending a page to the model server."
+    ),
+)

@@ -1,0 +1,180 @@
+"""The service level objectives, computed once: used by the SLO checks, the report and the Prometheus export.
+
+Pure functions over one pandas frame with a row per document (see `medkg_pdf.fleet`), so the
+same numbers come out wherever they are shown. Columns used here:
+
+- `arrived_at`   when the document was registered (SourceRef.arrived_at), tz-aware UTC
+- `completed_at` when its parse_quality record was written (DocumentQuality.completed_at), or NaT
+- `failed_at`    when it was last quarantined (QuarantineRecord.at), or NaT
+
+Definitions (targets from docs/quality.md and the operations SLOs):
+
+- window: documents that *arrived* in the last `window` (default 24 h), so a backfill that
+  re-runs old documents after a model change does not count as a latency breach
+- status: `failed` when quarantined after its last completion, `completed` when it has a
+  quality record, otherwise `pending` (the backlog)
+- latency: completed_at - arrived_at, end to end (queueing included); nearest-rank percentiles.
+  A pending document older than the P99 target is a breach we already know of, so it joins the
+  sample with its current age instead of hiding until it finishes
+- throughput: completed documents per hour *while there was a backlog*, i.e. over the union of
+  the [arrived, finished) intervals; quiet hours without work do not count against it
+- error rate: failed / (completed + failed)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
+
+
+@dataclass(frozen=True)
+class SloTargets:
+    latency_p50_s: float = 45.0
+    latency_p95_s: float = 90.0
+    latency_p99_s: float = 120.0
+    throughput_per_h: float = 60.0
+    max_error_rate: float = 0.02
+    window: timedelta = timedelta(hours=24)
+
+    def latency_target(self, name: str) -> float:
+        return {"p50": self.latency_p50_s, "p95": self.latency_p95_s, "p99": self.latency_p99_s}[name]
+
+
+@dataclass
+class SloReport:
+    window_start: datetime
+    window_end: datetime
+    targets: SloTargets
+    documents: int = 0
+    completed: int = 0
+    failed: int = 0
+    pending: int = 0
+    latency_samples: int = 0
+    overdue_pending: int = 0  # pending documents already older than the P99 target
+    latency_s: dict[str, float | None] = field(default_factory=lambda: {name: None for name in QUANTILES})
+    busy_h: float = 0.0
+    throughput_per_h: float | None = None
+    error_rate: float | None = None
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def latency_ok(self) -> dict[str, bool]:
+        return {
+            name: value is None or value <= self.targets.latency_target(name) for name, value in self.latency_s.items()
+        }
+
+    @property
+    def throughput_ok(self) -> bool:
+        return self.throughput_per_h is None or self.throughput_per_h >= self.targets.throughput_per_h
+
+    @property
+    def error_rate_ok(self) -> bool:
+        return self.error_rate is None or self.error_rate < self.targets.max_error_rate
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["targets"] = {**asdict(self.targets), "window": self.targets.window.total_seconds()}
+        out["window_start"], out["window_end"] = self.window_start.isoformat(), self.window_end.isoformat()
+        out.update(latency_ok=self.latency_ok, throughput_ok=self.throughput_ok, error_rate_ok=self.error_rate_ok)
+        return out
+
+
+def nearest_rank(values, q: float) -> float | None:
+    """The smallest sample with at least q of the samples at or below it (no interpolation)."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    if ordered.size == 0:
+        return None
+    return float(ordered[min(ordered.size - 1, max(0, math.ceil(q * ordered.size) - 1))])
+
+
+def _utc(value) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def classify(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add `status`, `finished_at` and `latency_s` (NaN unless completed)."""
+    out = frame.copy()
+    for column in ("arrived_at", "completed_at", "failed_at"):
+        out[column] = pd.to_datetime(out[column] if column in out else pd.NaT, utc=True)
+    failed = out["failed_at"].notna() & (out["completed_at"].isna() | (out["failed_at"] > out["completed_at"]))
+    completed = out["completed_at"].notna() & ~failed
+    out["status"] = np.select([failed, completed], ["failed", "completed"], default="pending")
+    out["finished_at"] = out["completed_at"].where(completed, out["failed_at"].where(failed))
+    out["latency_s"] = (out["completed_at"] - out["arrived_at"]).dt.total_seconds().where(completed)
+    return out
+
+
+def in_window(frame: pd.DataFrame, now, window: timedelta) -> pd.DataFrame:
+    """The documents that arrived in (now - window, now], classified (re-derived, so a frame read back
+    from CSV, with its times as text, works the same)."""
+    now = _utc(now)
+    classified = classify(frame)
+    arrived = classified["arrived_at"]
+    return classified[(arrived > now - window) & (arrived <= now)]
+
+
+def busy_hours(starts: pd.Series, ends: pd.Series) -> float:
+    """Length of the union of [start, end) intervals: the time during which something was waiting."""
+    intervals = sorted((s, e) for s, e in zip(starts, ends) if pd.notna(s) and pd.notna(e) and e > s)
+    total = pd.Timedelta(0)
+    current_start = current_end = None
+    for start, end in intervals:
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total.total_seconds() / 3600
+
+
+def evaluate(frame: pd.DataFrame, now, targets: SloTargets = SloTargets()) -> SloReport:
+    now = _utc(now)
+    cohort = in_window(frame, now, targets.window)
+    report = SloReport(window_start=(now - targets.window).to_pydatetime(), window_end=now.to_pydatetime(), targets=targets)
+    report.documents = len(cohort)
+    counts = cohort["status"].value_counts()
+    report.completed, report.failed, report.pending = (int(counts.get(s, 0)) for s in ("completed", "failed", "pending"))
+
+    latencies = cohort.loc[cohort["status"] == "completed", "latency_s"].dropna().tolist()
+    pending_age = (now - cohort.loc[cohort["status"] == "pending", "arrived_at"]).dt.total_seconds()
+    overdue = pending_age[pending_age > targets.latency_p99_s].tolist()
+    report.overdue_pending = len(overdue)
+    sample = latencies + overdue
+    report.latency_samples = len(sample)
+    report.latency_s = {name: nearest_rank(sample, q) for name, q in QUANTILES.items()}
+
+    ends = cohort["finished_at"].fillna(now)
+    report.busy_h = busy_hours(cohort["arrived_at"], ends)
+    if report.busy_h > 0:
+        report.throughput_per_h = report.completed / report.busy_h
+    finished = report.completed + report.failed
+    report.error_rate = report.failed / finished if finished else None
+    if "failure_reason" in cohort:
+        reasons = cohort.loc[cohort["status"] == "failed", "failure_reason"].fillna("unknown").value_counts()
+        report.failures_by_reason = {str(k): int(v) for k, v in reasons.items()}
+    return report
+
+
+def latency_over_time(frame: pd.DataFrame, now, window: timedelta, freq: str = "1h") -> pd.DataFrame:
+    """Nearest-rank P50/P95/P99 of the documents completed in each `freq` bucket of the window."""
+    cohort = in_window(frame, now, window)
+    done = cohort[cohort["status"] == "completed"]
+    columns = ["count", *QUANTILES]
+    if done.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = done.groupby(done["completed_at"].dt.floor(freq))["latency_s"]
+    rows = {
+        bucket: {"count": len(values), **{name: nearest_rank(values, q) for name, q in QUANTILES.items()}}
+        for bucket, values in grouped
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).sort_index()
