@@ -14,13 +14,21 @@ from medkg_pdf.validation import MAX_PDF_BYTES, check_size
 
 
 def file_ref(path: Path) -> SourceRef:
-    """A local file is identified by its content, so the same bytes always get the same id."""
+    """A local file is identified by its content, so the same bytes always get the same id.
+
+    A file over the size limit is not read at all (it will be refused): its path and size stand in.
+    """
     path = path.resolve()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return SourceRef(document_id=document_id(path.name, digest.hexdigest()), uri=path.as_uri(), name=path.name)
+    size = path.stat().st_size
+    if size > MAX_PDF_BYTES:
+        identity = f"{path}:{size}"
+    else:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        identity = digest.hexdigest()
+    return SourceRef(document_id=document_id(path.name, identity), uri=path.as_uri(), name=path.name)
 
 
 def s3_ref(bucket: str, key: str, etag: str | None = None, arrived_at=None) -> SourceRef:
