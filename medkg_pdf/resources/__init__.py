@@ -38,6 +38,8 @@ def vllm_resource(environ: Mapping[str, str], *, default_model: str) -> VLLMReso
         "model": environ.get("MEDKG_VLLM_MODEL") or (default_model if base_url else EMBEDDED_MODEL),
         "max_concurrency": int(environ.get("MEDKG_VLLM_MAX_CONCURRENCY", "8")),
     }
+    if environ.get("MEDKG_VLLM_PROFILE"):
+        settings["profile"] = environ["MEDKG_VLLM_PROFILE"]
     if environ.get("MEDKG_VLLM_MAX_MODEL_LEN"):
         settings["max_model_len"] = int(environ["MEDKG_VLLM_MAX_MODEL_LEN"])
     if environ.get("MEDKG_VLLM_API_KEY"):
@@ -61,9 +63,17 @@ def inbox_config(environ: Mapping[str, str]) -> InboxConfig:
     return InboxConfig(**settings)
 
 
+_QUALITY_ENV = {
+    "window_h": "MEDKG_SLO_WINDOW_HOURS",
+    "min_match_score": "MEDKG_GATE_MIN_MATCH_SCORE",
+    "min_numeric_recall": "MEDKG_GATE_MIN_NUMERIC_RECALL",
+    "max_failed_page_share": "MEDKG_GATE_MAX_FAILED_PAGE_SHARE",
+}
+
+
 def quality_targets(environ: Mapping[str, str]) -> QualityTargets:
-    """Gates and SLO targets keep their documented defaults; only the SLO window is an env knob."""
-    return QualityTargets(window_h=float(environ.get("MEDKG_SLO_WINDOW_HOURS", "24")))
+    """Gates and SLO targets (docs/quality.md); the SLO window and the three gates can be set per environment."""
+    return QualityTargets(**{field: float(environ[name]) for field, name in _QUALITY_ENV.items() if environ.get(name)})
 
 
 def pushgateway(environ: Mapping[str, str]) -> PushgatewayResource:
