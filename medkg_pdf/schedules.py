@@ -2,12 +2,14 @@
 
 A sensor tick can be lost (daemon down, instance restored, run deleted) and a run can fail on a
 transient error after its retries ran out; this schedule is the safety net. It compares the
-registered `documents` partitions with the status of the chain's last asset, `parse_quality`:
+registered `documents` partitions with the status of the chain's last asset, `parse_quality`,
+and with the quarantine records:
 
-* materialized, or a run in progress: nothing to do;
-* never materialized, or the last attempt failed: one run of the chain, unless the document is
-  quarantined with a reason that is not retryable (a broken PDF stays broken; a re-upload with
-  new content is picked up by the arrival sensor instead).
+* a run in progress, or materialized and not quarantined: nothing to do;
+* quarantined with a reason that is not retryable: nothing either (a broken PDF stays broken),
+  unless the document was registered again (re-uploaded) after it was quarantined;
+* never materialized, last attempt failed, or quarantined with a retryable reason (model server
+  down, source unreadable): one run of the chain.
 
 At most `max_runs_per_tick` runs a tick, oldest documents first, so an outage of thousands of
 documents drains at a pace the run queue absorbs (a UI backfill is faster for a big gap).
@@ -16,6 +18,7 @@ documents drains at a pace the run queue absorbs (a UI backfill is faster for a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from dagster import (
     AssetKey,
@@ -34,6 +37,7 @@ from medkg_pdf.assets.common import QuarantineRecord
 from medkg_pdf.jobs import DOCUMENT_CHAIN, document_chain_job
 from medkg_pdf.partitions import documents
 from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.schemas import SourceRef
 
 CHAIN_END = AssetKey("parse_quality")
 
@@ -42,39 +46,63 @@ CHAIN_END = AssetKey("parse_quality")
 class Reconciliation:
     to_run: list[str] = field(default_factory=list)
     missing: int = 0  # never materialized
-    failed: int = 0  # last attempt failed
+    failed: int = 0  # last run failed, or the document is quarantined with a retryable reason
     in_progress: int = 0
     done: int = 0
     quarantined: dict[str, str] = field(default_factory=dict)  # document -> reason, not retried
     left_for_later: int = 0  # over the per-tick cap
 
 
+def quarantine_records(storage: DocumentStorage) -> dict[str, QuarantineRecord]:
+    """Every quarantined document (one listing, then only the quarantined records are read)."""
+    records = {}
+    for key in storage.list_keys("quarantine"):
+        record = storage.read_model_or_none(key, QuarantineRecord)
+        if record is not None:
+            records[record.document_id] = record
+    return records
+
+
+def _arrived_after(storage: DocumentStorage, document_id: str, record: QuarantineRecord) -> bool:
+    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    return ref is not None and ref.arrived_at > datetime.fromisoformat(record.at)
+
+
 def reconcile(instance: DagsterInstance, storage: DocumentStorage, max_runs: int) -> Reconciliation:
+    """Which registered documents need a run of the chain.
+
+    Dagster's partition status alone is not enough: a multi-document step (a backfill run) reports
+    a failed document in its metadata and in `quarantine/`, not as a failed partition, so the
+    quarantine records count as well.
+    """
     result = Reconciliation()
     registered = instance.get_dynamic_partitions(documents.name)
     if not registered:
         return result
     status = instance.get_status_by_partition(CHAIN_END, registered, documents) or {}
+    quarantined = quarantine_records(storage)
     for document_id in registered:  # in registration order: the oldest waited longest
         state = status.get(document_id)
-        if state == AssetPartitionStatus.MATERIALIZED:
-            result.done += 1
-            continue
+        record = quarantined.get(document_id)
         if state == AssetPartitionStatus.IN_PROGRESS:
             result.in_progress += 1
             continue
-        if state == AssetPartitionStatus.FAILED:
+        if record is not None and not record.retryable:
+            if not _arrived_after(storage, document_id, record):
+                result.quarantined[document_id] = f"{record.stage}: {record.reason}"
+                continue
+            record = None  # a new version arrived after the verdict: it deserves its own run
+        if record is None and state == AssetPartitionStatus.MATERIALIZED:
+            result.done += 1
+            continue
+        if record is not None or state == AssetPartitionStatus.FAILED:
             result.failed += 1
         else:
             result.missing += 1
-        if len(result.to_run) >= max_runs:
+        if len(result.to_run) < max_runs:
+            result.to_run.append(document_id)
+        else:
             result.left_for_later += 1
-            continue
-        record = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
-        if record is not None and not record.retryable:
-            result.quarantined[document_id] = f"{record.stage}: {record.reason}"
-            continue
-        result.to_run.append(document_id)
     return result
 
 

@@ -102,7 +102,10 @@ def classify(frame: pd.DataFrame) -> pd.DataFrame:
     """Add `status`, `finished_at` and `latency_s` (NaN unless completed)."""
     out = frame.copy()
     for column in ("arrived_at", "completed_at", "failed_at"):
-        out[column] = pd.to_datetime(out[column] if column in out else pd.NaT, utc=True)
+        if column in out:
+            out[column] = pd.to_datetime(out[column], utc=True)
+        else:
+            out[column] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns, UTC]")
     failed = out["failed_at"].notna() & (out["completed_at"].isna() | (out["failed_at"] > out["completed_at"]))
     completed = out["completed_at"].notna() & ~failed
     out["status"] = np.select([failed, completed], ["failed", "completed"], default="pending")

@@ -16,6 +16,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display in a run worker
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset  # noqa: E402
@@ -79,7 +80,8 @@ def score_plot(cohort: pd.DataFrame, targets: QualityTargets) -> bytes:
     return _png(figure)
 
 
-def latency_plot(over_time: pd.DataFrame, targets: slo.SloTargets) -> bytes:
+def latency_plot(over_time: pd.DataFrame, report: slo.SloReport) -> bytes:
+    targets = report.targets
     figure, ax = plt.subplots(figsize=(8, 3))
     colors = {"p50": "#4c72b0", "p95": "#dd8452", "p99": "#c44e52"}
     if len(over_time):
@@ -89,6 +91,9 @@ def latency_plot(over_time: pd.DataFrame, targets: slo.SloTargets) -> bytes:
         ax.text(0.5, 0.5, "no completed documents in the window", ha="center", va="center", transform=ax.transAxes)
     for name in slo.QUANTILES:
         ax.axhline(targets.latency_target(name), color=colors[name], linestyle="--", linewidth=0.8, label=f"{name} target")
+    ax.set_xlim(report.window_start, report.window_end)
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("end-to-end latency, s")
     ax.set_title("latency percentiles per hour of completion", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
@@ -184,7 +189,7 @@ def quality_report(
         table.to_parquet(buffer, index=False)
         put("documents.parquet", buffer.getvalue())
     scores_png = score_plot(cohort, quality_targets)
-    latency_png = latency_plot(over_time, targets)
+    latency_png = latency_plot(over_time, report)
     put("scores.png", scores_png)
     put("latency.png", latency_png)
     registry = prometheus.registry_for(everything, report, now)

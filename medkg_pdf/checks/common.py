@@ -139,6 +139,6 @@ def summarize(
     return AssetCheckResult(
         passed=True,
         metadata=metadata,
-        description=f"{judged} documents meet {metric} {rule}"
+        description=f"{judged} {'document meets' if judged == 1 else 'documents meet'} {metric} {rule}"
         + (f" ({len(skipped)} skipped: failed upstream)" if skipped else ""),
     )

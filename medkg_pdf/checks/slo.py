@@ -79,7 +79,7 @@ def throughput_result(report: slo.SloReport) -> AssetCheckResult:
     else:
         verb = "at least" if report.throughput_ok else "below"
         description = (
-            f"{report.throughput_per_h:.1f} PDFs/h over {report.busy_h * 60:.1f} busy minutes, {verb} "
+            f"{report.throughput_per_h:.1f} PDFs/h over {report.busy_h * 3600:.0f} s with documents waiting, {verb} "
             f"the {report.targets.throughput_per_h:g}/h target"
         )
     return AssetCheckResult(

@@ -37,6 +37,10 @@ MAX_IMAGE_PIXELS = 50_000_000
 # Detector padding around each text line. RapidOCR's default (1.6) hugs the glyphs so tightly that its
 # recogniser drops word spaces on 8-11 pt text at 150 DPI ("DischargeSummary"); 2.0 keeps them.
 _UNCLIP_RATIO = 2.0
+# RapidOCR's default scales the detector input up until its *shorter* side is 736 px: right for photos,
+# but a 900x160 strip becomes 4140x736 and takes seconds. Page renders need no upscaling; only shrink
+# images whose longer side exceeds 2000 px (RapidOCR shrinks those anyway).
+_DETECTOR_LIMIT = {"det_limit_type": "max", "det_limit_side_len": 2000}
 
 
 class ImageDecodeError(ValueError):
@@ -218,6 +222,7 @@ class OcrEngine:
                         text_score=self._min_score,
                         det_unclip_ratio=_UNCLIP_RATIO,
                         intra_op_num_threads=self._num_threads or -1,
+                        **_DETECTOR_LIMIT,
                     )
         return self._model
 
@@ -231,7 +236,7 @@ class OcrEngine:
         return OcrPage(markdown=lines_to_markdown(lines, width, height), lines=lines, width=width, height=height)
 
     def _read(self, image: np.ndarray) -> list[OcrLine]:
-        result, _elapsed = self._ensure_model()(image)
+        result, _elapsed = self._ensure_model()(_pad_to_sane_aspect(image))
         if not result:
             return []
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
@@ -245,6 +250,17 @@ class OcrEngine:
             box = _ink_box(gray, (min(xs), min(ys), max(xs), max(ys)))
             lines.append(OcrLine(text=text, box=box, score=float(score)))
         return lines
+
+
+def _pad_to_sane_aspect(image: np.ndarray) -> np.ndarray:
+    """Pad a very thin strip with white (below or to the right, so coordinates hold). RapidOCR shrinks
+    the longer side to 2000 px and rounds sides to multiples of 32; a 20x4000 strip would round to
+    nothing and fail."""
+    height, width = image.shape[:2]
+    target_h, target_w = max(height, width // 16, 32), max(width, height // 16, 32)
+    if (target_h, target_w) == (height, width):
+        return image
+    return cv2.copyMakeBorder(image, 0, target_h - height, 0, target_w - width, cv2.BORDER_CONSTANT, value=(255, 255, 255))
 
 
 def _ink_box(gray: np.ndarray, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -280,7 +296,8 @@ def _ink_box(gray: np.ndarray, box: tuple[float, float, float, float]) -> tuple[
 # --------------------------------------------------------------------------------------------------
 
 HEADING_RATIO = 1.3
-"""A line this much taller than the median line is a heading. Lower catches bold body text."""
+"""A line this much taller than body text is a heading. Any lower and measurement noise (a pixel or
+two on a 22-pixel line) starts turning body lines into headings."""
 
 _BULLET_GLYPHS = "•·▪●◦‣∙■►"
 # Bullets are glyphs, dashes or stars followed by a space; a small round bullet is often read as "." or
@@ -383,8 +400,8 @@ def _looks_like_columns(left: list[OcrLine], right: list[OcrLine], total: int, g
     side_by_side = min(left_bottom, right_bottom) - max(left_top, right_top)
     if side_by_side < 0.5 * min(left_bottom - left_top, right_bottom - right_top):
         return False
-    left_fill = statistics.median(line.width for line in left) / (gutter - min(line.x0 for line in left))
-    right_fill = statistics.median(line.width for line in right) / (max(line.x1 for line in right) - gutter)
+    left_fill = statistics.median(line.width for line in left) / max(gutter - min(line.x0 for line in left), 1.0)
+    right_fill = statistics.median(line.width for line in right) / max(max(line.x1 for line in right) - gutter, 1.0)
     return left_fill >= 0.6 and right_fill >= 0.6
 
 
