@@ -13,26 +13,23 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-import matplotlib
+import matplotlib.dates as mdates
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend, thread-safe
+from pydantic import BaseModel
 
-matplotlib.use("Agg")  # no display in a run worker
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-
-from medkg_pdf import fleet, layout, prometheus, slo  # noqa: E402
-from medkg_pdf.resources.pushgateway import PushgatewayResource  # noqa: E402
-from medkg_pdf.resources.quality import QualityTargets  # noqa: E402
-from medkg_pdf.resources.storage import DocumentStorage  # noqa: E402
-from medkg_pdf.schemas import utc_now  # noqa: E402
+from medkg_pdf import fleet, layout, prometheus, slo
+from medkg_pdf.resources.pushgateway import PushgatewayResource
+from medkg_pdf.resources.quality import QualityTargets
+from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.schemas import utc_now
 
 WORST_DOCUMENTS = 10
 PLOT_DPI = 80
 
 try:  # Parquet is a bonus: the CSV is the contract
-    import pyarrow  # noqa: F401
+    import pyarrow  # noqa: F401  (pandas finds it by name)
 
     HAVE_PYARROW = True
 except ImportError:
@@ -52,15 +49,15 @@ def read_report_documents(storage: DocumentStorage, pointer: ReportPointer) -> p
     return pd.read_csv(io.BytesIO(storage.read_bytes(pointer.documents_csv)))
 
 
-def _png(figure) -> bytes:
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")
-    plt.close(figure)
     return buffer.getvalue()
 
 
 def score_plot(cohort: pd.DataFrame, targets: QualityTargets) -> bytes:
-    figure, axes = plt.subplots(1, 2, figsize=(8, 3))
+    figure = Figure(figsize=(8, 3))
+    axes = figure.subplots(1, 2)
     for ax, column, gate, label in (
         (axes[0], "match_score", targets.min_match_score, "match score (word F1 vs text layer)"),
         (axes[1], "numeric_recall", targets.min_numeric_recall, "numeric-token recall"),
@@ -82,7 +79,8 @@ def score_plot(cohort: pd.DataFrame, targets: QualityTargets) -> bytes:
 
 def latency_plot(over_time: pd.DataFrame, report: slo.SloReport) -> bytes:
     targets = report.targets
-    figure, ax = plt.subplots(figsize=(8, 3))
+    figure = Figure(figsize=(8, 3))
+    ax = figure.subplots()
     colors = {"p50": "#4c72b0", "p95": "#dd8452", "p99": "#c44e52"}
     if len(over_time):
         for name in slo.QUANTILES:
@@ -206,7 +204,7 @@ def quality_report(
 
     summary = "\n\n".join(
         [
-            f"**{report.documents} documents** arrived in the window {report.window_start:%Y-%m-%d %H:%M} - "
+            f"**{report.documents} document{'' if report.documents == 1 else 's'}** arrived in the window {report.window_start:%Y-%m-%d %H:%M} - "
             f"{report.window_end:%Y-%m-%d %H:%M} UTC: {report.completed} completed, {report.failed} failed, "
             f"{report.pending} pending.",
             slo_table(report),

@@ -46,10 +46,13 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB image is 13.4 MB of base64, plus the prompt and JSON
 IMAGE_PATCH_PIXELS = 28 * 28  # Qwen2.5-VL: one image token per 28x28 pixels
 CHARS_PER_TOKEN = 4
+GROUNDING_TAG = "<|grounding|>"
 
 log = logging.getLogger(__name__)
 
 RecognizePage = Callable[[bytes], str]
+# Optional: the same page as DeepSeek-OCR-style grounded regions, for prompts that ask for them.
+RecognizeGrounded = Callable[[bytes], str]
 
 _ERROR_TYPES = {
     400: "BadRequestError",
@@ -89,8 +92,17 @@ class ChatRequest:
     image: bytes
     width: int
     height: int
-    prompt_chars: int
+    prompt: str
     max_tokens: int | None
+
+    @property
+    def prompt_chars(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def grounding(self) -> bool:
+        """DeepSeek-OCR's convention: `<|grounding|>` in the prompt asks for located regions."""
+        return GROUNDING_TAG in self.prompt
 
 
 def parse_chat_request(raw: bytes, model_name: str) -> ChatRequest:
@@ -104,7 +116,7 @@ def parse_chat_request(raw: bytes, model_name: str) -> ChatRequest:
     model = body.get("model")
     if model is not None and model != model_name:
         raise ApiError(404, f"The model `{model}` does not exist. This server serves `{model_name}`.", param="model")
-    prompt_chars, image_urls = _read_messages(body.get("messages"))
+    prompt, image_urls = _read_messages(body.get("messages"))
     max_tokens = _check_sampling(body)
     if not image_urls:
         raise ApiError(
@@ -120,14 +132,14 @@ def parse_chat_request(raw: bytes, model_name: str) -> ChatRequest:
         width, height = image_size(image)
     except ImageDecodeError as error:
         raise ApiError(400, f"invalid image: {error}", param="messages") from None
-    return ChatRequest(image=image, width=width, height=height, prompt_chars=prompt_chars, max_tokens=max_tokens)
+    return ChatRequest(image=image, width=width, height=height, prompt=prompt, max_tokens=max_tokens)
 
 
-def _read_messages(messages: Any) -> tuple[int, list[Any]]:
-    """(characters of text prompt, image_url values) of an OpenAI messages list."""
+def _read_messages(messages: Any) -> tuple[str, list[Any]]:
+    """(text prompt, image_url values) of an OpenAI messages list."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", param="messages")
-    chars, images = 0, []
+    texts, images = [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in _ROLES:
             raise ApiError(400, f"messages[{index}] must be an object with a role in {sorted(_ROLES)}", param="messages")
@@ -135,21 +147,21 @@ def _read_messages(messages: Any) -> tuple[int, list[Any]]:
         if content is None:
             continue
         if isinstance(content, str):
-            chars += len(content)
+            texts.append(content)
             continue
         if not isinstance(content, list):
             raise ApiError(400, f"messages[{index}].content must be a string or a list of parts", param="messages")
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
-                chars += len(part["text"])
+                texts.append(part["text"])
             elif kind == "image_url":
                 images.append(part.get("image_url"))
             else:
                 raise ApiError(
                     400, f"messages[{index}]: unsupported content part {kind!r}; this engine reads 'text' and 'image_url' parts", param="messages"
                 )
-    return chars, images
+    return "\n".join(texts), images
 
 
 def _is_int(value: Any) -> bool:
@@ -258,8 +270,10 @@ class _Metrics:
 
 
 class _EngineApi:
-    def __init__(self, recognize_page: RecognizePage, model_name: str, api_key: str | None, max_model_len: int, max_concurrency: int):
+    def __init__(self, recognize_page: RecognizePage, model_name: str, api_key: str | None, max_model_len: int,
+                 max_concurrency: int, recognize_grounded: RecognizeGrounded | None = None):  # fmt: skip
         self.recognize_page = recognize_page
+        self.recognize_grounded = recognize_grounded
         self.model_name = model_name
         self.max_model_len = max_model_len
         self._key = api_key.encode("utf-8") if api_key else None
@@ -294,7 +308,8 @@ class _EngineApi:
         del raw
         prompt_tokens = estimate_prompt_tokens(chat.prompt_chars, chat.width, chat.height)
         max_tokens = self._check_context(prompt_tokens, chat.max_tokens)
-        markdown = await self._recognize(chat.image)
+        grounded = chat.grounding and self.recognize_grounded is not None
+        markdown = await self._recognize(chat.image, self.recognize_grounded if grounded else self.recognize_page)
         content, completion_tokens, finish_reason = limit_completion(markdown, max_tokens)
         self.metrics.prompt_tokens.inc(prompt_tokens)
         self.metrics.generation_tokens.inc(completion_tokens)
@@ -349,10 +364,10 @@ class _EngineApi:
             )
         return max_tokens
 
-    async def _recognize(self, image: bytes) -> str:
+    async def _recognize(self, image: bytes, recognize: RecognizePage) -> str:
         def work() -> str:
             decode_image(image)  # the pixels must decode, whatever recognize_page does with them
-            return self.recognize_page(image)
+            return recognize(image)
 
         try:
             markdown = await anyio.to_thread.run_sync(work, limiter=self.limiter)
@@ -402,12 +417,13 @@ def create_app(
     api_key: str | None = None,
     max_model_len: int = 8192,
     max_concurrency: int = 2,
+    recognize_grounded: RecognizeGrounded | None = None,
 ) -> Starlette:
     """The OpenAI-compatible app. `recognize_page(png_bytes) -> markdown` is called in a worker thread,
     at most `max_concurrency` at once. An empty `api_key` means no key, as with vLLM."""
     if max_concurrency < 1:
         raise ValueError("max_concurrency must be at least 1")
-    api = _EngineApi(recognize_page, model_name, api_key, max_model_len, max_concurrency)
+    api = _EngineApi(recognize_page, model_name, api_key, max_model_len, max_concurrency, recognize_grounded)
     routes = [
         Route("/health", api.health, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
@@ -455,7 +471,13 @@ def serve(
     concurrency = max_concurrency or default_concurrency()
     engine = OcrEngine(num_threads=max(1, (os.cpu_count() or 1) // concurrency))
     engine.load()
-    app = create_app(lambda png: engine.to_markdown(png).markdown, model_name=model_name, api_key=api_key, max_concurrency=concurrency)
+    app = create_app(
+        lambda png: engine.to_markdown(png).markdown,
+        model_name=model_name,
+        api_key=api_key,
+        max_concurrency=concurrency,
+        recognize_grounded=engine.to_grounded,
+    )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
     _AnnouncingServer(config).run()
 

@@ -1,0 +1,38 @@
+"""The real embedded OCR engine behind the OpenAI contract, end to end through Dagster."""
+
+import pymupdf
+import pytest
+from dagster import materialize
+from dagster_aws.s3 import S3Resource
+
+from medkg_pdf import layout
+from medkg_pdf.assets import document_assets
+from medkg_pdf.resources.vllm import EMBEDDED_MODEL
+from medkg_pdf.schemas import PageParses, StructuredDocument
+from medkg_pdf_tests.conftest import register_files, vllm_for
+
+
+def test_ocr_boxes_become_block_provenance_in_pdf_points(tmp_path, storage, instance, embedded_engine):
+    """A reader can jump from a dose in the JSON to its place on the page."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=612, height=792)
+    page.insert_text((72, 100), "Discharge medication", fontsize=20)
+    page.insert_text((300, 500), "Metoprolol 25 mg twice daily", fontsize=12)
+    (dose_rect,) = page.search_for("Metoprolol 25 mg twice daily")
+    path = tmp_path / "discharge.pdf"
+    doc.save(path)
+    (doc_id,) = register_files(storage, instance, [path])
+    result = materialize(
+        document_assets, partition_key=doc_id, instance=instance,
+        resources={"storage": storage, "vllm": vllm_for(embedded_engine.url, model=EMBEDDED_MODEL), "inbox_s3": S3Resource()},
+    )  # fmt: skip
+    assert result.success
+    parses = storage.read_model(layout.page_parses(doc_id), PageParses)
+    assert parses.pages[0].profile == "embedded-ocr" and parses.pages[0].regions
+    document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)
+    dose = next(block for block in document.blocks() if "25 mg" in block.text)
+    assert dose.bbox is not None and dose.page == 1
+    x0, y0, x1, y1 = dose.bbox
+    assert x0 == pytest.approx(dose_rect.x0, abs=6) and y0 == pytest.approx(dose_rect.y0, abs=6)
+    assert x1 == pytest.approx(dose_rect.x1, abs=6) and y1 == pytest.approx(dose_rect.y1, abs=6)
+    assert document.title == "Discharge medication"

@@ -1,0 +1,104 @@
+"""The daily quality report on a real run of three documents (one good, one that loses numbers, one rejected),
+and its wiring: the daily schedule, the freshness policies, the definitions."""
+
+import io
+import json
+from datetime import timedelta
+
+import pandas as pd
+from dagster import AssetKey, Definitions
+
+from medkg_pdf import layout
+from medkg_pdf.assets.report import HAVE_PYARROW, ReportPointer, quality_report
+from medkg_pdf.checks import quality_report_slos
+from medkg_pdf.freshness import freshness_policies
+from medkg_pdf.report_schedule import quality_report_schedule
+from medkg_pdf_tests import pdf_factory
+from medkg_pdf_tests.conftest import register_files, vllm_for
+from medkg_pdf_tests.quality_fixtures import (
+    MODEL,
+    TextLayerModel,
+    check_results,
+    drop_digits,
+    pdf_with_pages,
+    range_tags,
+    resources,
+    run,
+    write_pdfs,
+)
+from medkg_pdf_tests.vllm_double import VllmDouble
+
+GOOD = ["Discharge summary", "Home on oral amoxicillin three times daily, review in clinic"]
+NUMBERS = ["Dosing chart", "Vancomycin 15 mg/kg every 12 hours, trough before the 4th dose"]
+
+
+def test_the_report_writes_tables_and_plots_and_shows_the_worst_documents_first(tmp_path, storage, instance):
+    good, numbers = pdf_with_pages([GOOD]), pdf_with_pages([NUMBERS])
+    model = TextLayerModel().learn(good).learn(numbers, texts=[drop_digits("\n".join(NUMBERS))])
+    ids = register_files(
+        storage, instance,
+        write_pdfs(tmp_path, {"good.pdf": good, "numbers.pdf": numbers, "portal.pdf": pdf_factory.html_renamed()}),
+    )  # fmt: skip
+    good_id, numbers_id, rejected_id = ids
+    with VllmDouble(model=MODEL, answer=model) as double:
+        defs = resources(storage, vllm_for(double.url, model=MODEL))
+        run(instance, defs, tags=range_tags(ids))  # fails its numeric gate, on purpose
+        result = run(instance, defs, [quality_report, quality_report_slos])
+    assert result.success
+
+    pointer = storage.read_model(layout.quality_report_latest(), ReportPointer)
+    documents = pd.read_csv(io.BytesIO(storage.read_bytes(pointer.documents_csv)))
+    assert sorted(documents["document_id"]) == sorted(ids)
+    by_id = documents.set_index("document_id")
+    assert by_id.loc[good_id, "status"] == "completed" and by_id.loc[good_id, "match_score"] == 1.0
+    assert by_id.loc[numbers_id, "numeric_recall"] == 0.0
+    assert by_id.loc[rejected_id, "status"] == "failed" and by_id.loc[rejected_id, "failure_reason"] == "not_pdf"
+    assert by_id.loc[good_id, "structured_json"] == storage.uri(layout.structured_json(good_id))
+    for name in ("scores.png", "latency.png"):
+        assert storage.read_bytes(layout.quality_report(pointer.day, name)).startswith(b"\x89PNG\r\n\x1a\n")
+    slo_record = json.loads(storage.read_text(pointer.slo_json))
+    assert slo_record["completed"] == 2 and slo_record["failed"] == 1 and slo_record["latency_ok"]["p99"]
+    pages = pd.read_csv(io.BytesIO(storage.read_bytes(layout.quality_report(pointer.day, "page-status.csv"))))
+    assert pages.set_index("status")["pages"].to_dict() == {"ok": 2}
+    assert storage.exists(layout.quality_report(pointer.day, "documents.parquet")) == HAVE_PYARROW
+
+    metadata = result.asset_materializations_for_node("quality_report")[0].metadata
+    report = metadata["report"].value
+    assert "| latency p95 |" in report and "< 90 s" in report and "| error rate | 33.33% | < 2% | **missed** |" in report
+    assert report.count("data:image/png;base64,") == 2  # both plots, embedded for the UI
+    worst = report[report.index("**Worst documents**"):].splitlines()
+    rows = [line for line in worst if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == [rejected_id, numbers_id, good_id]  # failed, then lowest score
+    assert f"[json]({storage.uri(layout.structured_json(numbers_id))})" in rows[1]
+    assert metadata["page_status"].value == {"ok": 2} and metadata["failed"].value == 1
+    assert metadata["parquet"].value == ("written" if HAVE_PYARROW else "skipped: pyarrow is not installed")
+    assert not check_results(result)["slo_error_rate"].passed  # 1 of 3 failed
+
+
+def test_the_report_runs_daily_and_goes_stale_after_a_missed_day():
+    assert quality_report_schedule.cron_schedule == "0 6 * * *" and quality_report_schedule.execution_timezone == "UTC"
+    assert quality_report_schedule.job.name == "quality_report_job"
+    policies = freshness_policies({})
+    assert (policies.report.warn_window.to_timedelta(), policies.report.fail_window.to_timedelta()) == (
+        timedelta(hours=25),
+        timedelta(hours=30),
+    )
+    assert policies.documents.fail_window.to_timedelta() == timedelta(hours=48)
+    configured = freshness_policies({"MEDKG_FRESHNESS_DOCUMENTS_HOURS": "2,6"})
+    assert (configured.documents.warn_window.to_timedelta(), configured.documents.fail_window.to_timedelta()) == (
+        timedelta(hours=2),
+        timedelta(hours=6),
+    )
+
+
+def test_the_code_location_wires_checks_policies_jobs_and_the_schedule():
+    from medkg_pdf.definitions import defs
+
+    Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    for key in ("source_pdf", "vlm_page_parses", "parse_quality", "quality_report"):
+        assert graph.get(AssetKey(key)).freshness_policy is not None, key
+    checks = {key.name for key in graph.asset_check_keys}
+    assert {"vlm_page_parses_failed_page_share", "parse_quality_match_score", "slo_latency", "slo_error_rate"} <= checks
+    assert {"accept_baseline", "regression_check", "quality_report_job"} <= {job.name for job in defs.jobs}
+    assert defs.resolve_schedule_def("daily_quality_report").cron_schedule == "0 6 * * *"
