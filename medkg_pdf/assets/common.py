@@ -67,6 +67,7 @@ def run_per_document(
     storage: DocumentStorage,
     stage: str,
     work: Callable[[str], dict[str, Any]],
+    step_metadata: Callable[[], dict[str, Any]] | None = None,
 ) -> MaterializeResult:
     """Apply `work` to each document of the step; `work` returns that document's metadata."""
     done: dict[str, dict[str, Any]] = {}
@@ -101,5 +102,6 @@ def run_per_document(
             "failures": MetadataValue.md(
                 "\n".join(f"- `{doc}`: {error}" for doc, error in failed.items()) or "none"
             ),
+            **(step_metadata() if step_metadata else {}),
         }
     )

@@ -138,4 +138,7 @@ def vlm_page_parses(context: AssetExecutionContext, storage: DocumentStorage, vl
             )
         return metadata
 
-    return run_per_document(context, storage, "vlm_page_parses", assemble)
+    def run_stats() -> dict:
+        return {"run_stats": stats.summary()} if stats is not None else {"model_calls": 0}
+
+    return run_per_document(context, storage, "vlm_page_parses", assemble, run_stats)
