@@ -136,3 +136,19 @@ def test_server_outage_mid_run_keeps_parsed_pages_and_the_rerun_does_the_rest(tm
         assert run_chain(instance, storage, vllm, doc_id).success
         assert double.requests - requests_before == 7
         assert not storage.exists(layout.quarantine(doc_id))
+
+
+def test_a_run_against_a_down_server_fails_within_seconds_naming_it(tmp_path, storage, instance):
+    import time
+
+    with VllmDouble(model=MODEL) as gone:
+        url = gone.url
+    pdf = write(tmp_path, "x.pdf", pdf_factory.text_pdf(["Insulin glargine 10 units"], pages=3))
+    (doc_id,) = register_files(storage, instance, [pdf])
+    started = time.monotonic()
+    result = run_chain(instance, storage, vllm_for(url), doc_id)
+    assert not result.success and time.monotonic() - started < 10
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "vlm_page_parses"
+    assert url in failure.event_specific_data.error.message and "unreachable" in failure.event_specific_data.error.message
+    assert storage.read_model(layout.quarantine(doc_id), QuarantineRecord).retryable
