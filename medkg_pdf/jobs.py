@@ -1,6 +1,12 @@
-"""Jobs people pick in the UI (Jobs tab, Launchpad, partition backfills) and automation targets."""
+"""Jobs people pick in the UI (Jobs tab, Launchpad, partition backfills) and automation targets.
 
-from dagster import AssetKey, AssetSelection, define_asset_job
+Both run every step in the run's own process (`in_process_executor`): the chain is a line of
+short per-document steps, and a process per step costs an interpreter start and a fresh import
+of dagster and PyMuPDF each time (5 to 15 s a step on a busy 2-CPU node, more than the work).
+Pools still apply: a `vlm_page_parses` step waits for a `vllm` slot like in any executor.
+"""
+
+from dagster import AssetKey, AssetSelection, define_asset_job, in_process_executor
 
 from medkg_pdf.assets import document_assets
 from medkg_pdf.partitions import documents
@@ -12,6 +18,7 @@ document_chain_job = define_asset_job(
     name="document_chain_job",
     selection=AssetSelection.assets(*DOCUMENT_CHAIN),
     partitions_def=documents,
+    executor_def=in_process_executor,
     description=(
         "The whole chain for the selected documents: PDF intake, page images, VLM parsing, structured "
         "document, text-layer baseline and parse quality. The S3 arrival sensor and the hourly "
@@ -23,6 +30,7 @@ requality_job = define_asset_job(
     name="requality_job",
     selection=AssetSelection.assets(AssetKey("parse_quality")),
     partitions_def=documents,
+    executor_def=in_process_executor,
     description=(
         "Only `parse_quality`: re-scores stored parses against the text-layer baseline (after a metric "
         "or baseline change) without sending a page to the model server."

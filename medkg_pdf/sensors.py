@@ -50,6 +50,7 @@ from medkg_pdf.sources import register, s3_ref
 
 CURSOR_VERSION = 1
 MAX_ATTEMPTS = 3  # registrations of one object that may raise before the sensor gives it up
+MAX_SKIP_LINES = 20  # skipped objects named one by one in a tick's log; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _own_storage_prefix(storage: DocumentStorage, bucket: str) -> str | None:
     """When documents are stored in the inbox bucket, the stored copies (`.../source.pdf`) must
     not be taken for arrivals: that would feed the pipeline its own output."""
     if isinstance(storage, S3Storage) and storage.bucket == bucket:
-        return storage.prefix.strip("/") + "/" if storage.prefix.strip("/") else ""
+        return storage.uri("documents/x").removeprefix(f"s3://{bucket}/")[: -len("x")]
     return None
 
 
@@ -211,7 +212,8 @@ def evaluate_inbox(
         handled += 1
         reason = skip_reason(obj, own_prefix)
         if reason is not None:
-            log.info(f"skipped s3://{inbox.bucket}/{_short(obj.key)}: {reason}")
+            if skipped < MAX_SKIP_LINES:
+                log.info(f"skipped s3://{inbox.bucket}/{_short(obj.key)}: {reason}")
             cursor.remember(obj)
             newest_taken, skipped = obj.modified_ms, skipped + 1
             continue
@@ -225,7 +227,10 @@ def evaluate_inbox(
                 cursor.remember(obj)
                 newest_taken = obj.modified_ms
             else:
-                log.warning(f"could not register s3://{inbox.bucket}/{_short(obj.key)} (attempt {attempts}, retried next tick): {error!r}")
+                log.warning(
+                    f"could not register s3://{inbox.bucket}/{_short(obj.key)} "
+                    f"(attempt {attempts}, retried next tick): {error!r}"
+                )
             continue
         cursor.remember(obj)
         newest_taken = obj.modified_ms
@@ -239,9 +244,13 @@ def evaluate_inbox(
             )
         )
 
+    if skipped > MAX_SKIP_LINES:
+        log.info(f"... and {skipped - MAX_SKIP_LINES} more objects skipped (not PDFs or folder markers)")
     dropped = cursor.advance(newest_taken, inbox.lookback_seconds * 1000, inbox.max_remembered)
     if dropped:
-        log.warning(f"cursor bound {inbox.max_remembered} reached: forgot {dropped} fingerprints early (lookback shortened)")
+        log.warning(
+            f"cursor bound {inbox.max_remembered} reached: forgot {dropped} fingerprints early (lookback shortened)"
+        )
     waiting = len(candidates) - handled
     summary = (
         f"listed {listed} objects under s3://{inbox.bucket}/{inbox.prefix}: {len(run_requests)} documents requested, "

@@ -1,0 +1,134 @@
+"""The reconciliation schedule, on a real instance where the chain ran (or not) for each document.
+
+Documents, in registration order, and what the schedule must do with them:
+
+* `done`: materialized                                            -> nothing
+* `broken`: an HTML page named .pdf, quarantined as not retryable -> nothing
+* `never`: registered, no run ever started (a lost sensor tick)    -> a run
+* `gone`: its run failed, source unreadable (retryable)           -> a run
+* `batch-ok` and `batch-gone`: one multi-document step (as in a backfill); Dagster reports both
+  partitions materialized, but `batch-gone` is quarantined with a retryable reason -> a run for it
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from dagster import RunRequest, SkipReason, build_schedule_context, instance_for_test, materialize
+from dagster_aws.s3 import S3Resource
+
+from medkg_pdf import layout
+from medkg_pdf.assets import document_assets
+from medkg_pdf.jobs import DOCUMENT_CHAIN
+from medkg_pdf.partitions import documents
+from medkg_pdf.schedules import build_reconciliation_schedule, reconciliation_schedule
+from medkg_pdf.schemas import SourceRef
+from medkg_pdf.sources import file_ref, register
+from medkg_pdf_tests import pdf_factory
+from medkg_pdf_tests.conftest import vllm_for
+from medkg_pdf_tests.vllm_double import VllmDouble
+
+TICK = datetime(2025, 3, 1, 10, 17, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def persistent_instance():
+    """Schedules read run and asset history, so the instance must be a persistent one."""
+    with instance_for_test() as dagster_instance:
+        yield dagster_instance
+
+
+@pytest.fixture
+def history(tmp_path, storage, persistent_instance):
+    """Registers the documents and runs the chain the way each one's story says."""
+    instance = persistent_instance
+    files = {
+        "done": pdf_factory.text_pdf(["Amoxicillin 500 mg every 8 hours"]),
+        "broken": pdf_factory.html_renamed(),
+        "never": pdf_factory.text_pdf(["Registered, then the daemon went down"]),
+        "gone": pdf_factory.text_pdf(["Deleted before its run"]),
+        "batch-ok": pdf_factory.text_pdf(["Ibuprofen 400 mg"]),
+        "batch-gone": pdf_factory.text_pdf(["Deleted before the backfill"]),
+    }
+    ids = {}
+    for name, data in files.items():
+        path = tmp_path / f"{name}.pdf"
+        path.write_bytes(data)
+        ref = file_ref(path)
+        register(storage, ref)
+        instance.add_dynamic_partitions(documents.name, [ref.document_id])
+        ids[name] = ref.document_id
+    (tmp_path / "gone.pdf").unlink()
+    (tmp_path / "batch-gone.pdf").unlink()
+
+    with VllmDouble(model="medkg-embedded-ocr") as double:
+        resources = {"storage": storage, "vllm": vllm_for(double.url), "inbox_s3": S3Resource(region_name="us-east-1")}
+
+        def run(**kwargs):
+            return materialize(document_assets, instance=instance, resources=resources, raise_on_error=False, **kwargs)
+
+        assert run(partition_key=ids["done"]).success
+        assert not run(partition_key=ids["broken"]).success
+        assert not run(partition_key=ids["gone"]).success
+        batch = run(
+            tags={
+                "dagster/asset_partition_range_start": ids["batch-ok"],
+                "dagster/asset_partition_range_end": ids["batch-gone"],
+            }
+        )
+        assert batch.success  # one bad document does not fail a multi-document step
+    return ids
+
+
+def tick(instance, storage, schedule=reconciliation_schedule):
+    # a context manager: it opens resources and instance state that must be closed again
+    resources = {"storage": storage}
+    with build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=TICK) as context:
+        return schedule(context)
+
+
+def test_requests_only_documents_whose_chain_is_missing_or_failed(history, persistent_instance, storage):
+    requests = tick(persistent_instance, storage)
+
+    assert [r.partition_key for r in requests] == [history["never"], history["gone"], history["batch-gone"]]
+    for request in requests:
+        assert isinstance(request, RunRequest)
+        assert request.asset_selection == DOCUMENT_CHAIN and request.tags["medkg/trigger"] == "reconcile"
+        assert request.run_key == f"reconcile:{request.partition_key}:20250301T1017"
+
+
+def test_the_cap_takes_the_oldest_first_and_leaves_the_rest_for_later(history, persistent_instance, storage):
+    capped = build_reconciliation_schedule(max_runs_per_tick=2)
+
+    requests = tick(persistent_instance, storage, capped)
+
+    assert [r.partition_key for r in requests] == [history["never"], history["gone"]]
+
+
+def test_a_reupload_of_a_broken_document_is_retried(history, persistent_instance, storage):
+    ref = storage.read_model(layout.source_ref(history["broken"]), SourceRef)
+    register(storage, ref.model_copy(update={"arrived_at": datetime.now(timezone.utc)}))  # registered again, later
+
+    requests = tick(persistent_instance, storage)
+
+    assert history["broken"] in [r.partition_key for r in requests]
+
+
+def test_nothing_to_do_is_a_skip_with_the_counts(tmp_path, storage, persistent_instance):
+    path = tmp_path / "label.pdf"
+    path.write_bytes(pdf_factory.text_pdf(["Paracetamol 1 g"]))
+    ref = file_ref(path)
+    register(storage, ref)
+    persistent_instance.add_dynamic_partitions(documents.name, [ref.document_id])
+    with VllmDouble(model="medkg-embedded-ocr") as double:
+        resources = {"storage": storage, "vllm": vllm_for(double.url), "inbox_s3": S3Resource(region_name="us-east-1")}
+        run = materialize(
+            document_assets, partition_key=ref.document_id, instance=persistent_instance, resources=resources
+        )
+        assert run.success
+
+    result = tick(persistent_instance, storage)
+
+    assert isinstance(result, SkipReason)
+    assert result.skip_message.startswith("1 done, 0 in progress, 0 never materialized, 0 failed")
