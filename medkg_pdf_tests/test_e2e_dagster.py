@@ -234,9 +234,7 @@ def _backfill_runs_in_multi_partition_runs(dagster, inbox, storage, timings: dic
             "partitionNames": everything,
             "assetSelection": [{"path": key.path} for key in DOCUMENT_CHAIN],
             "fromFailure": False,
-            "tags": [],
-            # the Launchpad's config: all steps in the run's process (see medkg_pdf/jobs.py)
-            "runConfigData": "execution:\n  config:\n    in_process: {}\n",
+            "tags": [],  # no run config: the code location's default executor is in-process
         },
     )
     backfill_id = data["launchPartitionBackfill"].get("backfillId")
