@@ -11,6 +11,7 @@ The document's match score is word F1 pooled over the pages that have a usable b
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -86,3 +87,11 @@ def baseline_usable(text: str) -> bool:
     if len(visible) < 20:
         return bool(visible) and sum(ch.isalnum() for ch in visible) / len(visible) >= 0.5
     return sum(ch.isalnum() for ch in visible) / len(visible) >= 0.5 and "\ufffd" not in text[:2000]
+
+
+def nearest_rank(values, q: float) -> float | None:
+    """The smallest sample with at least q of the samples at or below it (no interpolation)."""
+    ordered = sorted(float(v) for v in values)
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

@@ -23,12 +23,13 @@ Definitions (targets from docs/quality.md and the operations SLOs):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+
+from medkg_pdf.metrics import nearest_rank
 
 QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 
@@ -83,14 +84,6 @@ class SloReport:
         out["window_start"], out["window_end"] = self.window_start.isoformat(), self.window_end.isoformat()
         out.update(latency_ok=self.latency_ok, throughput_ok=self.throughput_ok, error_rate_ok=self.error_rate_ok)
         return out
-
-
-def nearest_rank(values, q: float) -> float | None:
-    """The smallest sample with at least q of the samples at or below it (no interpolation)."""
-    ordered = np.sort(np.asarray(values, dtype=float))
-    if ordered.size == 0:
-        return None
-    return float(ordered[min(ordered.size - 1, max(0, math.ceil(q * ordered.size) - 1))])
 
 
 def _utc(value) -> pd.Timestamp:

@@ -24,6 +24,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from medkg_pdf.metrics import nearest_rank
 from medkg_pdf.profiles import InvalidAnswerError, ModelProfile, get_profile
 from medkg_pdf.resources.breaker import BreakerOpenError, BreakerState, CircuitBreaker
 from medkg_pdf.schemas import PageParse, PageStatus, SamplingParams
@@ -92,10 +93,7 @@ class RunStats:
     status_counts: dict[str, int] = field(default_factory=dict)
 
     def percentile(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+        return nearest_rank(self.latencies, q)
 
     def summary(self) -> dict[str, Any]:
         wall = max(self.wall_s, 1e-9)
