@@ -21,5 +21,8 @@ ui: $(STAMP)  ## the Dagster UI on the demo's runs and outputs
 	mkdir -p .medkg-data/dagster_home && cp dagster.yaml .medkg-data/dagster_home/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.medkg-data/dagster_home MEDKG_DATA_DIR=$(CURDIR)/.medkg-data $(VENV)/bin/dagster dev -w workspace.yaml
 
+bench: $(STAMP)  ## benchmarks against a simulated vLLM server (ratios vs same-run baselines) -> bench/RESULTS.md, ~15 min
+	$(PY) -m bench.run_all
+
 clean:
 	rm -rf .medkg-data

@@ -205,6 +205,10 @@ def test_max_in_flight_sees_concurrent_requests(png):
             codes = list(pool.map(one, range(4)))
         assert codes == [200] * 4
         assert time.monotonic() - started < 1.5  # concurrent, not 4 x 0.5 s
+        # a handler leaves the in-flight count just after its answer is on the wire: wait for it (bounded)
+        deadline = time.monotonic() + 2
+        while double.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert double.max_in_flight == 4 and double.in_flight == 0
         assert sorted(double.ok_by_image.values()) == [1, 1, 1, 1]
 

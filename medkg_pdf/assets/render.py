@@ -1,13 +1,30 @@
-"""Stage 2: every page rendered to its own PNG, one at a time so memory does not grow with pages."""
+"""Stage 2: every page rendered to its own PNG, one at a time per process so memory does not grow with pages.
+
+Large documents are rendered by several processes (one per available core, the cgroup CPU limit
+respected): this process and `workers - 1` helpers claim chunks of pages from a shared counter,
+each helper opens the PDF itself from a temporary file, writes its PNGs to storage and hands back
+only the small `PageImage` records. The helpers come from a forkserver (never a fork of this
+threaded process) that is booted in the background on first use, while this process is already
+rendering; a document done before a helper is up is simply rendered here. Small documents and
+single-core machines keep the plain sequential loop.
+"""
 
 
+import importlib
 import math
+import multiprocessing
+import os
+import queue
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pymupdf
-from dagster import AssetExecutionContext, Config, MaterializeResult, asset
+from dagster import AssetExecutionContext, Config, ConfigurableResource, MaterializeResult, asset
 from pydantic import Field
 
 from medkg_pdf import layout
@@ -27,6 +44,22 @@ class RenderConfig(Config):
         description="Render resolution. 150 DPI keeps a letter page near 2.7k Qwen2.5-VL image tokens (28 px patches).",
     )
     max_image_bytes: int = Field(default=MAX_IMAGE_BYTES, description="Larger PNGs are re-rendered smaller.")
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Processes rendering one document: 0 = one per available core (cgroup CPU limit respected), "
+            "1 = this process only."
+        ),
+    )
+    parallel_min_pages: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Documents with fewer pages render in this process only (the first helper of a process costs "
+            "~2-3 s of CPU to start)."
+        ),
+    )
 
 
 @dataclass
@@ -72,6 +105,181 @@ def render_page(page: pymupdf.Page, key: str, dpi: int, max_bytes: int) -> Rende
     return RenderedPage(png=png, image=image)
 
 
+# ----- rendering a page range (shared by this process and the helper processes) -----------------
+
+CHUNK_PAGES = 8  # pages claimed at a time: small enough to balance, large enough to amortize the claim
+
+
+def render_range(
+    doc: pymupdf.Document, storage: DocumentStorage, sha256: str, dpi: int, max_bytes: int, start: int, stop: int
+) -> list[PageImage]:
+    """Render pages [start, stop) of an open document, write each PNG to storage, keep only the records."""
+    images = []
+    for number in range(start, stop):
+        page = doc[number]
+        key = layout.page_png(sha256, dpi, page.number)
+        try:
+            rendered = render_page(page, key, dpi, max_bytes)
+        except DocumentError:
+            raise
+        except Exception as error:  # a page the renderer chokes on fails its document, clearly
+            raise DocumentError(f"page {page.number + 1} cannot be rendered: {error}", reason="render_failed") from None
+        storage.write_bytes(key, rendered.png)
+        images.append(rendered.image)
+        del rendered, page
+    return images
+
+
+def available_cores() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU limit (a Kubernetes `limits.cpu`)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def render_processes(config: RenderConfig, pages: int) -> int:
+    if pages < max(config.parallel_min_pages, 2 * CHUNK_PAGES):
+        return 1
+    wanted = config.workers or available_cores()
+    return max(1, min(wanted, math.ceil(pages / CHUNK_PAGES)))
+
+
+def _resource_spec(resource: ConfigurableResource) -> tuple[str, str, dict[str, Any]]:
+    """A configured resource as plain data (resources do not pickle): class path and resolved field values."""
+    fields: dict[str, Any] = {}
+    for name in type(resource).model_fields:
+        value = getattr(resource, name)
+        nested = isinstance(value, ConfigurableResource)
+        fields[name] = ("resource", _resource_spec(value)) if nested else ("value", value)
+    return type(resource).__module__, type(resource).__qualname__, fields
+
+
+def _from_spec(spec: tuple[str, str, dict[str, Any]]) -> Any:
+    module, qualname, fields = spec
+    cls = getattr(importlib.import_module(module), qualname)
+    return cls(**{name: (_from_spec(value) if kind == "resource" else value) for name, (kind, value) in fields.items()})
+
+
+def _claim(counter) -> int:
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    return index
+
+
+def _render_helper(pdf_path: str, sha256: str, dpi: int, max_bytes: int, storage_spec, chunks, counter, results):
+    """A helper process: claim chunks until none is left; PNGs go to storage, records to `results`."""
+    doc = storage = None
+    try:
+        while (index := _claim(counter)) < len(chunks):
+            try:
+                if doc is None:  # opened only once there is work: a late helper never touches the file
+                    storage = _from_spec(storage_spec)
+                    doc = pymupdf.open(pdf_path)
+                images = render_range(doc, storage, sha256, dpi, max_bytes, *chunks[index])
+            except DocumentError as error:
+                results.put((index, "error", (str(error), error.reason)))
+                return
+            except BaseException as error:  # noqa: BLE001 - reported to the parent, which fails the document
+                first, last = chunks[index][0] + 1, chunks[index][1]
+                results.put((index, "error", (f"pages {first}-{last} cannot be rendered: {error}", "render_failed")))
+                return
+            results.put((index, "ok", [image.model_dump() for image in images]))
+    finally:
+        if doc is not None:
+            doc.close()
+
+
+_CONTEXT = None
+
+
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload([__name__])  # helpers start with this module imported
+    return _CONTEXT
+
+
+def render_parallel(
+    data: bytes, info: SourceInfo, config: RenderConfig, storage: DocumentStorage, processes: int
+) -> tuple[list[PageImage], int]:
+    """Render with this process plus `processes - 1` helpers; the records equal the sequential ones.
+
+    Returns the records and how many pages the helpers rendered.
+    """
+    with pymupdf.open(stream=data, filetype="pdf") as doc:
+        pages = doc.page_count
+        chunks = [(start, min(start + CHUNK_PAGES, pages)) for start in range(0, pages, CHUNK_PAGES)]
+        ctx = _context()
+        counter = ctx.Value("i", 0)
+        results = ctx.Queue()
+        done: dict[int, list[PageImage]] = {}
+        started: list[multiprocessing.process.BaseProcess] = []
+        with tempfile.TemporaryDirectory(prefix="medkg-render-") as tmp:
+            pdf_path = os.path.join(tmp, "source.pdf")
+            with open(pdf_path, "wb") as handle:
+                handle.write(data)
+            dpi, max_bytes = config.dpi, config.max_image_bytes
+            args = (pdf_path, info.sha256, dpi, max_bytes, _resource_spec(storage), chunks, counter, results)
+
+            def start_helpers() -> None:
+                # in a thread: the first start boots the forkserver (seconds), while this process renders
+                for _ in range(processes - 1):
+                    if counter.value >= len(chunks):
+                        return
+                    helper = ctx.Process(target=_render_helper, args=args, daemon=True)
+                    helper.start()
+                    started.append(helper)
+
+            starter = threading.Thread(target=start_helpers, name="medkg-render-helpers", daemon=True)
+            starter.start()
+            try:
+                while (index := _claim(counter)) < len(chunks):
+                    start, stop = chunks[index]
+                    done[index] = render_range(doc, storage, info.sha256, dpi, max_bytes, start, stop)
+                own_pages = sum(len(images) for images in done.values())
+                while len(done) < len(chunks):  # the chunks the helpers claimed
+                    try:
+                        index, kind, payload = results.get(timeout=0.5)
+                    except queue.Empty:
+                        if not starter.is_alive() and not any(helper.is_alive() for helper in started):
+                            try:
+                                index, kind, payload = results.get(timeout=1.0)
+                            except queue.Empty:
+                                codes = [helper.exitcode for helper in started]
+                                raise DocumentError(
+                                    f"a render helper process died (exit codes {codes}) before finishing its pages",
+                                    reason="render_failed",
+                                ) from None
+                        else:
+                            continue
+                    if kind == "error":
+                        message, reason = payload
+                        raise DocumentError(message, reason=reason)
+                    done[index] = [PageImage.model_validate(record) for record in payload]
+            finally:
+                with counter.get_lock():
+                    counter.value = max(counter.value, len(chunks))  # no helper claims anything more
+                deadline = time.monotonic() + 30
+                for helper in list(started):
+                    helper.join(timeout=max(0.0, deadline - time.monotonic()))
+                    if helper.is_alive():
+                        helper.terminate()
+                        helper.join(timeout=5)
+                results.close()
+    images = [image for index in range(len(chunks)) for image in done[index]]
+    return images, len(images) - own_pages
+
+
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
@@ -84,18 +292,14 @@ def page_images(context: AssetExecutionContext, config: RenderConfig, storage: D
     def render(document_id: str) -> dict:
         info = require(storage, layout.source_info(document_id), SourceInfo, "the validated source PDF")
         started = time.perf_counter()
-        images = []
-        with pymupdf.open(stream=storage.read_bytes(info.stored_at), filetype="pdf") as doc:
-            for page in doc:
-                key = layout.page_png(info.sha256, config.dpi, page.number)
-                try:
-                    rendered = render_page(page, key, config.dpi, config.max_image_bytes)
-                except DocumentError:
-                    raise
-                except Exception as error:  # a page the renderer chokes on fails its document, clearly
-                    raise DocumentError(f"page {page.number + 1} cannot be rendered: {error}", reason="render_failed") from None
-                storage.write_bytes(key, rendered.png)
-                images.append(rendered.image)
+        data = storage.read_bytes(info.stored_at)
+        with pymupdf.open(stream=data, filetype="pdf") as doc:
+            processes, helper_pages = render_processes(config, doc.page_count), 0
+            if processes == 1:
+                images = render_range(doc, storage, info.sha256, config.dpi, config.max_image_bytes, 0, doc.page_count)
+        if processes > 1:
+            images, helper_pages = render_parallel(data, info, config, storage, processes)
+        del data
         manifest = PageImages(document_id=document_id, sha256=info.sha256, dpi=config.dpi, pages=images)
         storage.write_model(layout.page_images(document_id), manifest)
         seconds = time.perf_counter() - started
@@ -107,6 +311,8 @@ def page_images(context: AssetExecutionContext, config: RenderConfig, storage: D
             "png_mb": round(sum(image.png_bytes for image in images) / 2**20, 2),
             "render_s": round(seconds, 3),
             "pages_per_s": round(len(images) / max(seconds, 1e-9), 2),
+            "render_processes": processes,
+            "pages_by_helper_processes": helper_pages,
         }
 
     return run_per_document(context, storage, "page_images", render)
