@@ -220,16 +220,9 @@ def open_instance(home: Path):
 
 
 def register_paths(storage, instance, paths: list[Path]) -> list[str]:
-    from medkg_pdf.partitions import documents
-    from medkg_pdf.sources import file_ref, register
+    from medkg_pdf.sources import register_files
 
-    ids = []
-    for path in paths:
-        ref = file_ref(path)
-        register(storage, ref)
-        ids.append(ref.document_id)
-    instance.add_dynamic_partitions(documents.name, ids)
-    return ids
+    return register_files(storage, instance, paths)
 
 
 def range_tags(ids: list[str]) -> dict[str, str]:

@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medkg_pdf_tests.vllm_double import first_image_url
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the production default: a plain-markdown profile
 IMAGE_PATCH_PX = 28
@@ -285,20 +287,8 @@ def parse_chat(body: Any, params: SimParams) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest(400, "messages must be a non-empty list")
-    image, text_chars = None, 0
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            text_chars += len(content)
-            continue
-        for part in content if isinstance(content, list) else []:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text":
-                text_chars += len(str(part.get("text", "")))
-            elif part.get("type") == "image_url" and image is None:
-                url = part.get("image_url")
-                image = inspect_image(url.get("url") if isinstance(url, dict) else url)
+    url, text_chars = first_image_url(messages)
+    image = inspect_image(url) if url is not None else None
     if image is None:
         raise BadRequest(400, "no image_url in the request: this server parses page images")
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))

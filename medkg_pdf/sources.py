@@ -62,3 +62,16 @@ def read_source(ref: SourceRef, s3_client=None, max_bytes: int = MAX_PDF_BYTES) 
         check_size(int(head["ContentLength"]), max_bytes)
         return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
     raise ValueError(f"unsupported source URI scheme {parsed.scheme!r}")
+
+
+def register_files(storage: DocumentStorage, instance, paths: list[Path]) -> list[str]:
+    """Register local files as `documents` partitions of a Dagster instance; returns their ids."""
+    from medkg_pdf.partitions import documents
+
+    ids = []
+    for path in paths:
+        ref = file_ref(path)
+        register(storage, ref)
+        ids.append(ref.document_id)
+    instance.add_dynamic_partitions(documents.name, ids)
+    return ids

@@ -10,10 +10,9 @@ import pytest
 from dagster import DagsterInstance
 
 from medkg_pdf.engine.process import EmbeddedEngine, free_port
-from medkg_pdf.partitions import documents
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.resources.vllm import EMBEDDED_MODEL, VLLMResource
-from medkg_pdf.sources import file_ref, register
+from medkg_pdf.sources import register_files  # noqa: F401  (tests import it from here)
 
 warnings.filterwarnings("ignore", module="dagster")
 
@@ -61,13 +60,3 @@ def vllm_for(url: str, **settings) -> VLLMResource:
     defaults = dict(base_url=url, model=EMBEDDED_MODEL, backoff_initial_s=0.05, backoff_max_s=0.5)
     defaults.update(settings)
     return VLLMResource(**defaults)
-
-
-def register_files(storage: LocalStorage, instance: DagsterInstance, paths: list[Path]) -> list[str]:
-    ids = []
-    for path in paths:
-        ref = file_ref(path)
-        register(storage, ref)
-        ids.append(ref.document_id)
-    instance.add_dynamic_partitions(documents.name, ids)
-    return ids

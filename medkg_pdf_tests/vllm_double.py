@@ -96,6 +96,25 @@ class Faults:
                 raise ValueError(f"Faults.{name} must be >= 0")
 
 
+def first_image_url(messages: list) -> tuple[Any, int]:
+    """(the first image_url value, characters of text) of an OpenAI messages list, leniently read."""
+    url, text_chars = None, 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            text_chars += len(content)
+            continue
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text":
+                text_chars += len(str(part.get("text", "")))
+            elif part.get("type") == "image_url" and url is None:
+                image_url = part.get("image_url")
+                url = image_url.get("url") if isinstance(image_url, dict) else image_url
+    return url, text_chars
+
+
 def default_answer(png: bytes, request: dict) -> str:
     """Distinct and deterministic per page image."""
     return "# Page\n\nImage sha256 " + hashlib.sha256(png).hexdigest()[:12]
@@ -641,20 +660,7 @@ class VllmDouble:
         messages = request.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _RequestError(400, "messages must be a non-empty list", "BadRequestError")
-        data_url, text_chars = None, 0
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                text_chars += len(content)
-                continue
-            for part in content if isinstance(content, list) else []:
-                if not isinstance(part, dict):
-                    continue
-                if part.get("type") == "text":
-                    text_chars += len(str(part.get("text", "")))
-                elif part.get("type") == "image_url" and data_url is None:
-                    image_url = part.get("image_url")
-                    data_url = image_url.get("url") if isinstance(image_url, dict) else image_url
+        data_url, text_chars = first_image_url(messages)
         if not data_url:
             raise _RequestError(400, "no image_url in the request: this server parses page images", "BadRequestError")
         if not isinstance(data_url, str) or not data_url.startswith("data:image/") or ";base64," not in data_url:
