@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
     parser.add_argument("--quick", action="store_true", help="smaller workloads (a smoke test, figures not comparable)")
     parser.add_argument("--output", default=str(BENCH_DIR / "RESULTS.md"))
+    parser.add_argument("--keep", action="store_true", help="keep the scratch data in bench/out/ (~2 GB)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # child processes (simulator, workers, render helpers) too
@@ -125,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         info["mode"] = "--quick (smoke test: smaller workloads, figures not comparable)"
     write_results(info, sections, seconds, Path(args.output))
+    if not args.keep:
+        import shutil
+
+        from bench.common import OUT_DIR
+
+        shutil.rmtree(OUT_DIR, ignore_errors=True)
     errors = [name for name, s in sections.items() if s.error]
     misses = [f.name for s in sections.values() for f in s.figures if f.gating and f.passed is False]
     print(f"\nwrote {args.output} in {seconds / 60:.1f} min; {len(misses)} ratio(s) missed, {len(errors)} error(s)", flush=True)
