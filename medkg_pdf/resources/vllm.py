@@ -133,12 +133,6 @@ def resize_png(png: bytes, width: int, height: int) -> bytes:
     return pymupdf.Pixmap(pymupdf.Pixmap(png), width, height, None).tobytes("png")
 
 
-def downscale_png(png: bytes, factor: float) -> tuple[bytes, int, int]:
-    pix = pymupdf.Pixmap(png)
-    width, height = max(1, int(pix.width * factor)), max(1, int(pix.height * factor))
-    return pymupdf.Pixmap(pix, width, height, None).tobytes("png"), width, height
-
-
 def rotate_png(png: bytes, degrees_clockwise: int) -> tuple[bytes, int, int]:
     from PIL import Image  # Pillow: PyMuPDF pixmaps cannot rotate
 
@@ -438,9 +432,9 @@ class VLLMResource(ConfigurableResource):
             return png, width, height
         factor = math.sqrt(available / needed) * 0.98
         while True:
-            scaled, new_w, new_h = downscale_png(png, factor)
+            new_w, new_h = max(1, int(width * factor)), max(1, int(height * factor))
             if image_tokens(new_w, new_h, self.image_patch_px) <= available:
-                return scaled, new_w, new_h
+                return resize_png(png, new_w, new_h), new_w, new_h  # the size is found first, encoded once
             factor *= 0.95
 
     async def _complete(self, client, data_url: str, sampling: SamplingParams, breaker: CircuitBreaker, stats: RunStats, profile: ModelProfile):
