@@ -98,7 +98,8 @@ def vlm_page_parses(context: AssetExecutionContext, storage: DocumentStorage, vl
             ) from None
 
     def assemble(document_id: str) -> dict:
-        manifest = require(storage, layout.page_images(document_id), PageImages, "the page images")
+        # read once above; `require` only to report a missing manifest with its path
+        manifest = manifests.get(document_id) or require(storage, layout.page_images(document_id), PageImages, "the page images")
         parses = [results[(document_id, image.index)] for image in manifest.pages if (document_id, image.index) in results]
         record = PageParses(
             document_id=document_id,
