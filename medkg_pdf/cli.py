@@ -19,9 +19,15 @@ def _data_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("MEDKG_DATA_DIR") or ".medkg-data").resolve()
 
 
-def _instance(data_dir: Path):
-    """A persistent instance under the data dir (unless DAGSTER_HOME is set), so `dagster dev` shows the runs."""
+def _instance(data_dir: Path, *, workers: int = 1):
+    """A persistent instance under the data dir (unless DAGSTER_HOME is set), so `dagster dev` shows the runs.
+
+    Runs of this command execute in threads of one process: stdout/stderr capture (a per-step
+    redirect of the process's file descriptors) is off, and the `vllm` pool admits every worker,
+    since `--pages-in-flight` is this command's bound on the model server.
+    """
     from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
 
     if not os.environ.get("DAGSTER_HOME"):
         home = data_dir / "dagster_home"
@@ -30,12 +36,16 @@ def _instance(data_dir: Path):
         if not config.exists():
             config.write_text("telemetry:\n  enabled: false\n")  # `make ui` replaces it with the repo's dagster.yaml
         os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
+    overrides = {
+        "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"},
+        "concurrency": {"pools": {"default_limit": max(workers, 2)}},
+    }
+    return DagsterInstance.from_ref(InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides=overrides))
 
 
 def _document_summary(storage, document_id: str, run_ok: bool, run_error: str | None) -> dict[str, Any]:
     from medkg_pdf import layout
-    from medkg_pdf.assets.common import QuarantineRecord
+    from medkg_pdf.schemas import QuarantineRecord
     from medkg_pdf.schemas import DocumentQuality, PageParses, SourceRef
 
     ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
@@ -67,8 +77,29 @@ def _run_error(instance, run_id: str) -> str | None:
     return None
 
 
-def process_files(files: list[Path], data_dir: Path, *, json_lines: bool) -> list[dict[str, Any]]:
-    """Register each file as a `documents` partition and materialize the chain, one run per document."""
+def pdf_paths(args: list[str]) -> list[Path]:
+    """Files as given; a directory stands for the PDFs inside it (recursively), in name order."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".pdf"))
+        else:
+            paths.append(path)
+    return paths
+
+
+def process_files(
+    files: list[Path], data_dir: Path, *, json_lines: bool, workers: int = 4, pages_in_flight: int | None = None
+) -> list[dict[str, Any]]:
+    """Register each file as a `documents` partition and materialize the chain: one run per document.
+
+    `workers` documents run at once (each its own Dagster run, in its own thread of this process),
+    and `pages_in_flight` pages are on the model server across them (an equal share per run), so
+    one document's start-up, rendering and tail are covered by the pages of the others.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from dagster import materialize
 
     from medkg_pdf.assets import document_assets
@@ -79,16 +110,25 @@ def process_files(files: list[Path], data_dir: Path, *, json_lines: bool) -> lis
     from medkg_pdf.sources import file_ref, register
 
     environ = dict(os.environ, MEDKG_DATA_DIR=str(data_dir))
-    instance = _instance(data_dir)
+    instance = _instance(data_dir, workers=workers)
+    # Dagster applies the instance's python_logs config with logging.config.dictConfig at the start
+    # of every run; runs starting in several threads at once then deadlock against the event-log
+    # handlers' locks. Resolve the handlers once here and hand every run the same ones.
+    yaml_handlers = list(instance.get_yaml_python_handlers())
+    instance.get_yaml_python_handlers = lambda: yaml_handlers
+    workers = max(1, min(workers, len(files) or 1))
     results = []
     with ExitStack() as stack:
         if not environ.get("MEDKG_VLLM_BASE_URL"):
             # one engine for every run of this command, instead of one per run
             engine = stack.enter_context(EmbeddedEngine(model_name=EMBEDDED_MODEL, api_key=environ.get("MEDKG_VLLM_API_KEY")))
             environ.update(MEDKG_VLLM_BASE_URL=engine.url, MEDKG_VLLM_MODEL=EMBEDDED_MODEL)
+        if pages_in_flight:
+            environ["MEDKG_VLLM_MAX_CONCURRENCY"] = str(max(1, -(-pages_in_flight // workers)))
         resources = resources_for(environ)
         storage = resources["storage"]
-        for path in files:
+
+        def one(path: Path) -> dict[str, Any]:
             started = time.perf_counter()
             if not path.is_file():
                 result = {"document_id": None, "source": str(path), "status": "failed", "pages": None, "pages_ok": 0,
@@ -110,11 +150,14 @@ def process_files(files: list[Path], data_dir: Path, *, json_lines: bool) -> lis
                 result = _document_summary(storage, ref.document_id, outcome.success, error)
                 result["run_id"] = outcome.run_id
             result["seconds"] = round(time.perf_counter() - started, 2)
-            results.append(result)
             if json_lines:
                 print(json.dumps(result), flush=True)
             else:
                 _print_result(result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medkg-document") as pool:
+            results = list(pool.map(one, files))
     return results
 
 
@@ -134,7 +177,9 @@ def _print_result(result: dict[str, Any]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args.data_dir)
-    results = process_files([Path(f) for f in args.files], data_dir, json_lines=args.json)
+    results = process_files(
+        pdf_paths(args.files), data_dir, json_lines=args.json, workers=args.workers, pages_in_flight=args.pages_in_flight
+    )
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
@@ -174,8 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", help="where outputs go (default: $MEDKG_DATA_DIR or ./.medkg-data)")
     demo.set_defaults(func=cmd_demo)
     run = sub.add_parser("run", help="run the whole chain on your own PDFs")
-    run.add_argument("files", nargs="+")
-    run.add_argument("--data-dir")
+    run.add_argument("files", nargs="+", metavar="PDF_OR_DIR", help="PDF files, or directories of them")
+    run.add_argument("--data-dir", help="where outputs go (default: $MEDKG_DATA_DIR or ./.medkg-data)")
+    run.add_argument("--workers", type=int, default=4, help="documents processed at once, each its own Dagster run (default 4)")
+    run.add_argument(
+        "--pages-in-flight",
+        type=int,
+        help="pages on the model server at once across all workers (default: workers x $MEDKG_VLLM_MAX_CONCURRENCY, 8 each)",
+    )
     run.add_argument("--json", action="store_true", help="one JSON object per document on stdout")
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve-local", help="serve the embedded OCR engine on the OpenAI-compatible API")

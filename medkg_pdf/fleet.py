@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import QuarantineRecord
+from medkg_pdf.schemas import QuarantineRecord
 from medkg_pdf.partitions import is_document_id
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import DocumentQuality, PageParses, RegressionQuality, SourceRef

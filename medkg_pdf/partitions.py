@@ -39,7 +39,8 @@ def document_id(source_name: str, identity: str | None = None) -> str:
 def is_document_id(key: str) -> bool:
     return bool(DOCUMENT_ID_PATTERN.match(key))
 
-# A UI backfill of 500 documents becomes 50 runs of 10: few enough for the run queue, small
-# enough that one slow document does not hold a huge run (and pages from 10 documents keep
-# the model server busy together).
-document_backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=10)
+# One document per run, on every launch path: Dagster records a materialization for every
+# partition of a step and cannot fail just one of them (dagster-io/dagster#17836), so a document
+# is only honestly failed or done in a run of its own. Concurrency comes from the run queue and the
+# `vllm` pool (see dagster.yaml), not from batching documents into one run.
+document_backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=1)

@@ -1,24 +1,25 @@
 """`reconciliation_schedule`: every hour, registered documents whose chain never finished get a run.
 
 A sensor tick can be lost (daemon down, instance restored, run deleted) and a run can fail on a
-transient error after its retries ran out; this schedule is the safety net. It compares the
+transient error after its step retries ran out; this schedule is the safety net. It compares the
 registered `documents` partitions with the status of the chain's last asset, `parse_quality`,
 and with the quarantine records:
 
 * a run in progress, or materialized and not quarantined: nothing to do;
-* quarantined with a reason that is not retryable: nothing either (a broken PDF stays broken),
-  unless the document was registered again (re-uploaded) after it was quarantined;
-* never materialized, last attempt failed, or quarantined with a retryable reason (model server
-  down, source unreadable): one run of the chain.
+* a permanent failure (invalid, encrypted, non-PDF, context overflow, the same bad answer twice):
+  never again for that source version; a re-upload (new registration) gets its own run;
+* a transient failure: again once its `next_attempt_at` has come (the backoff doubles with every
+  failed run), until it becomes a dead letter after `MAX_FAILED_RUNS` runs;
+* never materialized, or a failed run that left no record (its process died): one run.
 
-At most `max_runs_per_tick` runs a tick, oldest documents first, so an outage of thousands of
-documents drains at a pace the run queue absorbs (a UI backfill is faster for a big gap).
+Due documents go first by the time they became due (never-run documents by registration), at most
+`max_runs_per_tick` a tick, so a pile of old failures never starves the new ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from dagster import (
     AssetKey,
@@ -33,11 +34,10 @@ from dagster import (
 )
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import QuarantineRecord
 from medkg_pdf.jobs import DOCUMENT_CHAIN, document_chain_job
 from medkg_pdf.partitions import documents
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import SourceRef
+from medkg_pdf.schemas import QuarantineRecord, SourceRef, utc_now
 
 CHAIN_END = AssetKey("parse_quality")
 
@@ -46,10 +46,12 @@ CHAIN_END = AssetKey("parse_quality")
 class Reconciliation:
     to_run: list[str] = field(default_factory=list)
     missing: int = 0  # never materialized
-    failed: int = 0  # last run failed, or the document is quarantined with a retryable reason
+    failed: int = 0  # due: a transient failure whose next attempt has come, or a failed run without a record
+    waiting: int = 0  # transient failures whose next attempt is still ahead
     in_progress: int = 0
     done: int = 0
-    quarantined: dict[str, str] = field(default_factory=dict)  # document -> reason, not retried
+    quarantined: dict[str, str] = field(default_factory=dict)  # document -> reason: permanent, not retried
+    dead_letters: dict[str, str] = field(default_factory=dict)  # document -> reason: out of automatic attempts
     left_for_later: int = 0  # over the per-tick cap
 
 
@@ -63,46 +65,59 @@ def quarantine_records(storage: DocumentStorage) -> dict[str, QuarantineRecord]:
     return records
 
 
-def _arrived_after(storage: DocumentStorage, document_id: str, record: QuarantineRecord) -> bool:
+def _outdated(storage: DocumentStorage, document_id: str, record: QuarantineRecord) -> bool:
+    """The verdict was on an older source version: the registered one has not been tried yet."""
     ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
-    return ref is not None and ref.arrived_at > datetime.fromisoformat(record.at)
+    if ref is None:
+        return False
+    if record.registered_at is not None:
+        return ref.arrived_at != record.registered_at
+    return ref.arrived_at > datetime.fromisoformat(record.at)
 
 
-def reconcile(instance: DagsterInstance, storage: DocumentStorage, max_runs: int) -> Reconciliation:
-    """Which registered documents need a run of the chain.
-
-    Dagster's partition status alone is not enough: a multi-document step (a backfill run) reports
-    a failed document in its metadata and in `quarantine/`, not as a failed partition, so the
-    quarantine records count as well.
-    """
+def reconcile(instance: DagsterInstance, storage: DocumentStorage, max_runs: int, now: datetime | None = None) -> Reconciliation:
+    """Which registered documents need a run of the chain now, most overdue first."""
+    now = now or utc_now()
     result = Reconciliation()
     registered = instance.get_dynamic_partitions(documents.name)
     if not registered:
         return result
     status = instance.get_status_by_partition(CHAIN_END, registered, documents) or {}
     quarantined = quarantine_records(storage)
-    for document_id in registered:  # in registration order: the oldest waited longest
+    due: list[tuple[datetime, int, str]] = []
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    for order, document_id in enumerate(registered):
         state = status.get(document_id)
         record = quarantined.get(document_id)
         if state == AssetPartitionStatus.IN_PROGRESS:
             result.in_progress += 1
             continue
-        if record is not None and not record.retryable:
-            if not _arrived_after(storage, document_id, record):
-                result.quarantined[document_id] = f"{record.stage}: {record.reason}"
-                continue
+        if record is not None and _outdated(storage, document_id, record):
             record = None  # a new version arrived after the verdict: it deserves its own run
+        if record is not None and record.dead_letter:
+            result.dead_letters[document_id] = f"{record.stage}: {record.reason} after {record.failed_runs} runs"
+            continue
+        if record is not None and not record.retryable:
+            result.quarantined[document_id] = f"{record.stage}: {record.reason}"
+            continue
         if record is None and state == AssetPartitionStatus.MATERIALIZED:
             result.done += 1
             continue
-        if record is not None or state == AssetPartitionStatus.FAILED:
+        if record is not None:
+            if record.next_attempt_at is not None and record.next_attempt_at > now:
+                result.waiting += 1
+                continue
             result.failed += 1
+            due.append((record.next_attempt_at or never, order, document_id))
         else:
-            result.missing += 1
-        if len(result.to_run) < max_runs:
-            result.to_run.append(document_id)
-        else:
-            result.left_for_later += 1
+            if state == AssetPartitionStatus.FAILED:
+                result.failed += 1
+            else:
+                result.missing += 1
+            due.append((never, order, document_id))
+    due.sort()
+    result.to_run = [document_id for _, _, document_id in due[:max_runs]]
+    result.left_for_later = max(0, len(due) - max_runs)
     return result
 
 
@@ -121,20 +136,24 @@ def build_reconciliation_schedule(
         job=document_chain_job,
         default_status=default_status,
         description=(
-            f"Runs the document chain for registered documents whose parse_quality is missing or failed "
-            f"(not for non-retryable quarantine), at most {max_runs_per_tick} a tick."
+            f"Runs the document chain for registered documents whose parse_quality is missing, or that failed "
+            f"transiently and are due again (never for permanent failures or dead letters), at most "
+            f"{max_runs_per_tick} a tick, most overdue first."
         ),
     )
     def reconciliation_schedule(context: ScheduleEvaluationContext, storage: DocumentStorage):
         found = reconcile(context.instance, storage, max_runs_per_tick)
         summary = (
             f"{found.done} done, {found.in_progress} in progress, {found.missing} never materialized, "
-            f"{found.failed} failed, {len(found.quarantined)} quarantined (not retried), "
+            f"{found.failed} failed and due, {found.waiting} waiting for their next attempt, "
+            f"{len(found.quarantined)} failed permanently, {len(found.dead_letters)} dead letters (not retried), "
             f"{len(found.to_run)} requested, {found.left_for_later} left for the next ticks"
         )
         context.log.info(summary)
         for document_id, reason in list(found.quarantined.items())[:20]:
-            context.log.info(f"not retried: {document_id} is quarantined ({reason})")
+            context.log.info(f"not retried: {document_id} failed permanently ({reason})")
+        for document_id, reason in list(found.dead_letters.items())[:20]:
+            context.log.warning(f"dead letter, not retried: {document_id} ({reason}); re-run it by hand once fixed")
         if not found.to_run:
             return SkipReason(summary)
         tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M") if context.scheduled_execution_time else "now"

@@ -31,6 +31,32 @@ class SourceRef(Record):
     arrived_at: datetime = Field(default_factory=utc_now)
 
 
+class QuarantineRecord(BaseModel):
+    """Why a document's current source version stopped, and whether and when it is tried again.
+
+    `retryable` is False for permanent failures (invalid, encrypted, non-PDF, context overflow, the
+    same bad answer twice at temperature 0): only a new source version or an operator runs it again.
+    A transient failure is retried at `next_attempt_at` until `failed_runs` reaches the cap; then it
+    is a dead letter, left for an operator.
+    """
+
+    document_id: str
+    stage: str
+    reason: str
+    message: str
+    retryable: bool
+    at: str
+    registered_at: datetime | None = None  # SourceRef.arrived_at of the version that failed
+    failed_runs: int = 1  # failed runs of this source version (after each run's own step retries)
+    next_attempt_at: datetime | None = None  # when reconciliation may run it again (transient only)
+    dead_letter: bool = False  # transient, but out of automatic attempts
+    run_id: str | None = None
+
+    @property
+    def permanent(self) -> bool:
+        return not self.retryable
+
+
 class SourceInfo(Record):
     """What `source_pdf` learned about a valid PDF."""
 

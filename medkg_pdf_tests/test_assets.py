@@ -6,9 +6,10 @@
 import pytest
 from dagster import materialize
 
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf import layout
 from medkg_pdf.assets import document_assets
-from medkg_pdf.assets.common import QuarantineRecord
+from medkg_pdf.schemas import QuarantineRecord
 from medkg_pdf.schemas import PageParses, PageStatus, SourceInfo, StructuredDocument
 from medkg_pdf_tests import pdf_factory
 from medkg_pdf_tests.conftest import register_files, vllm_for
@@ -34,7 +35,7 @@ def run_chain(instance, storage, vllm, partition_key=None, tags=None, selection=
         selection or document_assets,
         partition_key=partition_key,
         instance=instance,
-        resources={"storage": storage, "vllm": vllm, "inbox_s3": _unused_s3()},
+        resources={"storage": storage, "vllm": vllm, "inbox_s3": _unused_s3(), "quality_targets": QualityTargets()},
         raise_on_error=False,
         tags=tags,
     )

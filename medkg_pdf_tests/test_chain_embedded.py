@@ -5,6 +5,7 @@ import pytest
 from dagster import materialize
 from dagster_aws.s3 import S3Resource
 
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf import layout
 from medkg_pdf.assets import document_assets
 from medkg_pdf.resources.vllm import EMBEDDED_MODEL
@@ -24,7 +25,7 @@ def test_ocr_boxes_become_block_provenance_in_pdf_points(tmp_path, storage, inst
     (doc_id,) = register_files(storage, instance, [path])
     result = materialize(
         document_assets, partition_key=doc_id, instance=instance,
-        resources={"storage": storage, "vllm": vllm_for(embedded_engine.url, model=EMBEDDED_MODEL), "inbox_s3": S3Resource()},
+        resources={"storage": storage, "vllm": vllm_for(embedded_engine.url, model=EMBEDDED_MODEL), "inbox_s3": S3Resource(), "quality_targets": QualityTargets()},
     )  # fmt: skip
     assert result.success
     parses = storage.read_model(layout.page_parses(doc_id), PageParses)

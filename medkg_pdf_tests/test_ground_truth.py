@@ -15,6 +15,7 @@ import pytest
 from dagster import materialize
 from dagster_aws.s3 import S3Resource
 
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf import layout, metrics
 from medkg_pdf.assets import document_assets
 from medkg_pdf.samples import sample_pdfs
@@ -76,7 +77,7 @@ def scored(embedded_engine, tmp_path_factory):
         result = materialize(
             document_assets,
             instance=instance,
-            resources={"storage": storage, "vllm": vllm_for(embedded_engine.url), "inbox_s3": S3Resource(region_name="us-east-1")},
+            resources={"storage": storage, "vllm": vllm_for(embedded_engine.url), "inbox_s3": S3Resource(region_name="us-east-1"), "quality_targets": QualityTargets()},
             tags=range_tags(ids),
         )
     assert result.success

@@ -4,6 +4,7 @@ import pymupdf
 import pytest
 from dagster import materialize
 
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf import layout
 from medkg_pdf.assets import document_assets
 from medkg_pdf.profiles import PROFILES, InvalidAnswerError, get_profile, infer_profile
@@ -172,7 +173,7 @@ def test_grounded_boxes_land_on_the_text_in_pdf_coordinates(tmp_path, storage, i
 
         result = materialize(
             document_assets, partition_key=doc_id, instance=instance,
-            resources={"storage": storage, "vllm": vllm_for(double.url, model=DEEPSEEK), "inbox_s3": S3Resource()},
+            resources={"storage": storage, "vllm": vllm_for(double.url, model=DEEPSEEK), "inbox_s3": S3Resource(), "quality_targets": QualityTargets()},
         )  # fmt: skip
     assert result.success
     document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)

@@ -17,9 +17,10 @@ import pytest
 from dagster import materialize
 from dagster_aws.s3 import S3Resource
 
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf import layout
 from medkg_pdf.assets import document_assets
-from medkg_pdf.assets.common import QuarantineRecord
+from medkg_pdf.schemas import QuarantineRecord
 from medkg_pdf.schemas import PageImages, PageParse, SourceInfo
 from medkg_pdf_tests import pdf_factory
 from medkg_pdf_tests.conftest import register_files, vllm_for
@@ -38,7 +39,7 @@ def run_range(instance, storage, vllm, ids):
     return materialize(
         document_assets,
         instance=instance,
-        resources={"storage": storage, "vllm": vllm, "inbox_s3": S3Resource()},
+        resources={"storage": storage, "vllm": vllm, "inbox_s3": S3Resource(), "quality_targets": QualityTargets()},
         tags={"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]},
         raise_on_error=False,
     )
@@ -166,9 +167,9 @@ def test_api_key_and_aws_secret_never_written_anywhere(tmp_path, caplog, monkeyp
         vllm = VLLMResource(base_url=double.url, model=MODEL, api_key=EnvVar("MEDKG_VLLM_API_KEY"),
                              backoff_initial_s=0.01, max_concurrency=1)  # fmt: skip
         failed = materialize(document_assets, partition_key=doc_id, instance=instance, raise_on_error=False,
-                             resources={"storage": storage, "vllm": vllm, "inbox_s3": S3Resource()})  # fmt: skip
+                             resources={"storage": storage, "vllm": vllm, "inbox_s3": S3Resource(), "quality_targets": QualityTargets()})  # fmt: skip
         ok = materialize(document_assets, partition_key=doc_id, instance=instance,
-                         resources={"storage": storage, "vllm": vllm, "inbox_s3": S3Resource()})  # fmt: skip
+                         resources={"storage": storage, "vllm": vllm, "inbox_s3": S3Resource(), "quality_targets": QualityTargets()})  # fmt: skip
         assert not failed.success and ok.success
         assert all(h["authorization"] == f"Bearer {key}" for h in double.last_headers)
         for run_id in (failed.run_id, ok.run_id):
@@ -191,7 +192,7 @@ def test_model_output_is_capped_and_cannot_inject_html_into_the_ui(tmp_path, sto
         pdf.write_bytes(pdf_factory.text_pdf(["x"], pages=1))
         (doc_id,) = register_files(storage, instance, [pdf])
         result = materialize(document_assets, partition_key=doc_id, instance=instance, raise_on_error=False,
-                             resources={"storage": storage, "vllm": vllm_for(double.url, max_tokens=200_000, max_model_len=400_000), "inbox_s3": S3Resource()})  # fmt: skip
+                             resources={"storage": storage, "vllm": vllm_for(double.url, max_tokens=200_000, max_model_len=400_000), "inbox_s3": S3Resource(), "quality_targets": QualityTargets()})  # fmt: skip
     (parse_path,) = [k for k in storage.list_keys("cache") if "/parses/" in k]
     assert len(storage.read_model(parse_path, PageParse).markdown) <= 200_000
     previews = [

@@ -18,6 +18,7 @@ import pytest
 from dagster import RunRequest, SkipReason, build_schedule_context, instance_for_test, materialize
 from dagster_aws.s3 import S3Resource
 
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf import layout
 from medkg_pdf.assets import document_assets
 from medkg_pdf.jobs import DOCUMENT_CHAIN
@@ -63,7 +64,7 @@ def history(tmp_path, storage, persistent_instance):
     (tmp_path / "batch-gone.pdf").unlink()
 
     with VllmDouble(model="medkg-embedded-ocr") as double:
-        resources = {"storage": storage, "vllm": vllm_for(double.url), "inbox_s3": S3Resource(region_name="us-east-1")}
+        resources = {"storage": storage, "vllm": vllm_for(double.url), "inbox_s3": S3Resource(region_name="us-east-1"), "quality_targets": QualityTargets()}
 
         def run(**kwargs):
             return materialize(document_assets, instance=instance, resources=resources, raise_on_error=False, **kwargs)
@@ -122,7 +123,7 @@ def test_nothing_to_do_is_a_skip_with_the_counts(tmp_path, storage, persistent_i
     register(storage, ref)
     persistent_instance.add_dynamic_partitions(documents.name, [ref.document_id])
     with VllmDouble(model="medkg-embedded-ocr") as double:
-        resources = {"storage": storage, "vllm": vllm_for(double.url), "inbox_s3": S3Resource(region_name="us-east-1")}
+        resources = {"storage": storage, "vllm": vllm_for(double.url), "inbox_s3": S3Resource(region_name="us-east-1"), "quality_targets": QualityTargets()}
         run = materialize(
             document_assets, partition_key=ref.document_id, instance=persistent_instance, resources=resources
         )

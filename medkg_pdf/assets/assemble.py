@@ -4,7 +4,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import require, run_per_document
+from medkg_pdf.assets.common import current_source, document_retry_policy, require_version, run_document
 from medkg_pdf.markdown_blocks import markdown_to_blocks
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
@@ -84,6 +84,7 @@ def to_markdown(document: StructuredDocument) -> str:
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
+    retry_policy=document_retry_policy,
     group_name="documents",
     deps=["vlm_page_parses"],
     kinds={"json", "markdown"},
@@ -91,8 +92,11 @@ def to_markdown(document: StructuredDocument) -> str:
 )
 def structured_document(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
     def assemble(document_id: str) -> dict:
-        parses = require(storage, layout.page_parses(document_id), PageParses, "the page parses")
+        sha256 = current_source(storage, document_id).sha256
+        parses = require_version(storage, layout.page_parses(document_id), PageParses, "the page parses", sha256)
         images = storage.read_model_or_none(layout.page_images(document_id), PageImages)
+        if images is not None and images.sha256 != sha256:
+            images = None
         document = build_document(parses, images)
         storage.write_model(layout.structured_json(document_id), document)
         storage.write_text(layout.structured_markdown(document_id), to_markdown(document))
@@ -109,4 +113,4 @@ def structured_document(context: AssetExecutionContext, storage: DocumentStorage
             "markdown": storage.uri(layout.structured_markdown(document_id)),
         }
 
-    return run_per_document(context, storage, "structured_document", assemble)
+    return run_document(context, storage, "structured_document", assemble)

@@ -5,10 +5,10 @@ import pymupdf
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import require, run_per_document
+from medkg_pdf.assets.common import current_source, document_retry_policy, run_document
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import BaselinePage, BaselineParse, SourceInfo
+from medkg_pdf.schemas import BaselinePage, BaselineParse
 
 
 def extract_baseline(pdf: bytes, document_id: str, sha256: str) -> BaselineParse:
@@ -24,6 +24,7 @@ def extract_baseline(pdf: bytes, document_id: str, sha256: str) -> BaselineParse
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
+    retry_policy=document_retry_policy,
     group_name="documents",
     deps=["source_pdf"],
     kinds={"json"},
@@ -31,7 +32,7 @@ def extract_baseline(pdf: bytes, document_id: str, sha256: str) -> BaselineParse
 )
 def baseline_parse(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
     def extract(document_id: str) -> dict:
-        info = require(storage, layout.source_info(document_id), SourceInfo, "the validated source PDF")
+        info = current_source(storage, document_id)
         baseline = extract_baseline(storage.read_bytes(info.stored_at), document_id, info.sha256)
         storage.write_model(layout.baseline(document_id), baseline)
         return {
@@ -40,4 +41,4 @@ def baseline_parse(context: AssetExecutionContext, storage: DocumentStorage) -> 
             "characters": sum(len(p.text) for p in baseline.pages),
         }
 
-    return run_per_document(context, storage, "baseline_parse", extract)
+    return run_document(context, storage, "baseline_parse", extract)

@@ -1,25 +1,41 @@
-"""How every stage treats the documents of one step: each on its own, one bad one never sinks the rest.
+"""One document per run, and honest state for it: a stage is materialized only when it was done for
+the document's current source version.
 
-A step covers one partition (sensor and CLI runs) or a range of them (backfills under the
-BackfillPolicy). A document that cannot go on is recorded under `quarantine/` with its stage
-and reason; with one partition the step then fails with that reason, with several the step
-reports it in its metadata and goes on with the others.
+Dagster writes a materialization for every partition of a step and cannot fail one partition of
+a multi-partition step (dagster-io/dagster#17836), so every document asset runs one document per
+run (`BackfillPolicy.multi_run(1)`, see `partitions.py`); a step handed several partitions fails
+before touching any of them. A document that cannot go on raises `DocumentError`: the step fails
+with the reason (what the UI shows for that partition), and a quarantine record says whether the
+failure is permanent (never retried automatically) or transient. Transient failures are retried
+three ways, each wider than the one before: the model client's own request retries, this step's
+`RetryPolicy` (exponential backoff, in the same run), then the reconciliation schedule at the
+record's `next_attempt_at` (exponential backoff over runs) until `MAX_FAILED_RUNS`, after which
+the record is a dead letter for an operator.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue
-from pydantic import BaseModel
+from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MaterializeResult, RetryPolicy
 
 from medkg_pdf import layout
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import utc_now
+from medkg_pdf.schemas import QuarantineRecord, SourceInfo, SourceRef, utc_now
+
+MAX_STEP_RETRIES = 2
+# Step retries: 5 s, then 10 s (+-jitter) after a transient failure; permanent ones raise
+# Failure(allow_retries=False), which Dagster never retries.
+document_retry_policy = RetryPolicy(max_retries=MAX_STEP_RETRIES, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+
+MAX_FAILED_RUNS = 4  # runs of one source version that may fail transiently before it is a dead letter
+RECONCILE_BACKOFF = timedelta(minutes=15)  # doubled after every failed run
+RECONCILE_BACKOFF_MAX = timedelta(hours=6)
 
 
 class DocumentError(Exception):
-    """A document-level failure with a reason a person understands."""
+    """A document-level failure with a reason a person understands; permanent unless `retryable`."""
 
     def __init__(self, message: str, *, retryable: bool = False, reason: str = "invalid_input"):
         super().__init__(message)
@@ -27,81 +43,127 @@ class DocumentError(Exception):
         self.reason = reason
 
 
-class QuarantineRecord(BaseModel):
-    document_id: str
-    stage: str
-    reason: str
-    message: str
-    retryable: bool
-    at: str
+def next_attempt(at: datetime, failed_runs: int) -> datetime:
+    return at + min(RECONCILE_BACKOFF * 2 ** max(0, failed_runs - 1), RECONCILE_BACKOFF_MAX)
 
 
-def quarantine(storage: DocumentStorage, document_id: str, stage: str, error: DocumentError) -> None:
+def quarantine(storage: DocumentStorage, document_id: str, stage: str, error: DocumentError, run_id: str | None = None) -> QuarantineRecord:
+    """Record a document's final failure for this run; repeated transient failures of one version count up."""
+    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    registered_at = ref.arrived_at if ref is not None else None
+    earlier = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+    same_version = earlier is not None and earlier.registered_at == registered_at
+    failed_runs = earlier.failed_runs + 1 if same_version and earlier.retryable else 1
+    now = utc_now()
+    dead_letter = error.retryable and failed_runs >= MAX_FAILED_RUNS
     record = QuarantineRecord(
         document_id=document_id,
         stage=stage,
         reason=error.reason,
         message=str(error),
         retryable=error.retryable,
-        at=utc_now().isoformat(),
+        at=now.isoformat(),
+        registered_at=registered_at,
+        failed_runs=failed_runs,
+        next_attempt_at=next_attempt(now, failed_runs) if error.retryable and not dead_letter else None,
+        dead_letter=dead_letter,
+        run_id=run_id,
     )
     storage.write_model(layout.quarantine(document_id), record)
+    return record
 
 
 def clear_quarantine(storage: DocumentStorage, document_id: str, stage: str) -> None:
-    """A document that now passes a stage it once failed leaves quarantine."""
+    """A stage that now succeeds lifts its own verdict, and any verdict on an older source version."""
     record = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
-    if record is not None and record.stage == stage:
+    if record is None:
+        return
+    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    outdated = ref is not None and record.registered_at is not None and record.registered_at != ref.arrived_at
+    if record.stage == stage or outdated or stage == "parse_quality":
         storage.delete(layout.quarantine(document_id))
 
 
-def require(storage: DocumentStorage, key: str, model: type[BaseModel], what: str):
+def require(storage: DocumentStorage, key: str, model: type, what: str):
     record = storage.read_model_or_none(key, model)
     if record is None:
         raise DocumentError(f"{what} is missing ({storage.uri(key)}): materialize the upstream asset first", reason="upstream_missing")
     return record
 
 
-def run_per_document(
+def current_source(storage: DocumentStorage, document_id: str) -> SourceInfo:
+    """The validated source of the version registered now; never an older version's record."""
+    info = require(storage, layout.source_info(document_id), SourceInfo, "the validated source PDF")
+    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    if ref is not None and info.source != ref:
+        raise DocumentError(
+            f"the stored source ({info.source.etag or info.sha256[:12]}, {info.source.arrived_at.isoformat()}) is not the "
+            f"registered version ({ref.etag or 'new'}, {ref.arrived_at.isoformat()}): materialize source_pdf first",
+            reason="upstream_missing",
+        )
+    return info
+
+
+def require_version(storage: DocumentStorage, key: str, model: type, what: str, sha256: str):
+    """An upstream record, only if it was made from the PDF with this sha256."""
+    record = require(storage, key, model, what)
+    if record.sha256 != sha256:
+        raise DocumentError(
+            f"{what} ({storage.uri(key)}) was made from another version of the PDF: materialize it again first",
+            reason="upstream_missing",
+        )
+    return record
+
+
+def the_document(context: AssetExecutionContext) -> str:
+    """The one partition of this step; a multi-partition step is refused, so no document is misreported."""
+    keys = list(context.partition_keys)
+    if len(keys) != 1:
+        raise Failure(
+            description=(
+                f"this step was given {len(keys)} documents; medkg-pdf runs one document per run so that each "
+                "document's state is its own. Launch a backfill (one run per document) instead of a single "
+                "multi-partition run."
+            ),
+            allow_retries=False,
+        )
+    return keys[0]
+
+
+def fail_document(context: AssetExecutionContext, storage: DocumentStorage, stage: str, document_id: str, error: DocumentError) -> Failure:
+    """Quarantine on the run's last attempt (or at once when permanent) and say everything in the failure."""
+    earlier = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+    if error.reason == "upstream_missing" and earlier is not None and earlier.stage != stage:
+        # keep the first stage's reason: that is what a person needs to read
+        error = DocumentError(f"skipped: {earlier.stage} failed: {earlier.message}", retryable=earlier.retryable, reason=earlier.reason)
+    final = not error.retryable or context.retry_number >= MAX_STEP_RETRIES
+    metadata: dict[str, Any] = {
+        "document_id": document_id,
+        "stage": stage,
+        "reason": error.reason,
+        "permanent": not error.retryable,
+        "step_attempt": context.retry_number + 1,
+    }
+    if final:
+        record = quarantine(storage, document_id, stage, error, run_id=context.run_id)
+        metadata.update(failed_runs=record.failed_runs, dead_letter=record.dead_letter)
+        if record.next_attempt_at is not None:
+            metadata["next_attempt_at"] = record.next_attempt_at.isoformat()
+    context.log.error(f"{stage} failed for document {document_id}: {error}")
+    return Failure(description=f"{stage} failed for document {document_id}: {error}", metadata=metadata, allow_retries=error.retryable)
+
+
+def run_document(
     context: AssetExecutionContext,
     storage: DocumentStorage,
     stage: str,
     work: Callable[[str], dict[str, Any]],
-    step_metadata: Callable[[], dict[str, Any]] | None = None,
 ) -> MaterializeResult:
-    """Apply `work` to each document of the step; `work` returns that document's metadata."""
-    done: dict[str, dict[str, Any]] = {}
-    failed: dict[str, DocumentError] = {}
-    for document_id in context.partition_keys:
-        try:
-            done[document_id] = work(document_id)
-            clear_quarantine(storage, document_id, stage)
-        except DocumentError as error:
-            earlier = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
-            if error.reason == "upstream_missing" and earlier is not None:
-                # keep the first stage's reason: that is what a person needs to read
-                error = DocumentError(f"skipped: {earlier.stage} failed: {earlier.message}", retryable=earlier.retryable, reason=earlier.reason)
-            else:
-                quarantine(storage, document_id, stage, error)
-            context.log.error(f"{stage} failed for document {document_id}: {error}")
-            failed[document_id] = error
-    if len(context.partition_keys) == 1:
-        if failed:
-            (document_id, error), = failed.items()
-            raise Failure(
-                description=f"{stage} failed for document {document_id}: {error}",
-                metadata={"document_id": document_id, "reason": error.reason, "retryable": error.retryable},
-                allow_retries=error.retryable,
-            )
-        return MaterializeResult(metadata=done[context.partition_keys[0]])
-    return MaterializeResult(
-        metadata={
-            "documents": len(context.partition_keys),
-            "documents_ok": len(done),
-            "documents_failed": len(failed),
-            "failures": MetadataValue.md(
-                "\n".join(f"- `{doc}`: {error}" for doc, error in failed.items()) or "none"
-            ),
-            **(step_metadata() if step_metadata else {}),
-        }
-    )
+    """Apply `work` to the step's document; `work` returns that document's metadata."""
+    document_id = the_document(context)
+    try:
+        metadata = work(document_id)
+    except DocumentError as error:
+        raise fail_document(context, storage, stage, document_id, error) from None
+    clear_quarantine(storage, document_id, stage)
+    return MaterializeResult(metadata=metadata)

@@ -1,22 +1,42 @@
-"""Stage 3: every page sent to the model server, concurrently, each answer stored as it arrives.
+"""Stages 2 and 3 in one step: pages rendered and sent to the model server as they are rendered.
 
-Pages of every document in the step are in flight together (a backfill run keeps the server
-busy), and a page whose `ok` answer is already in the content-keyed cache is never sent again.
+`page_images` and `vlm_page_parses` stay two assets (two records, two materializations, each
+selectable alone), but one step produces both: rendering runs in a thread beside the requests,
+at most `max_concurrency` pages ahead of them, so the first request leaves when the first page
+exists and the server is never idle while the rest of the document renders. A page whose usable
+answer is in the content-keyed cache is never sent again, and a retry of the step reuses the
+page images of the same PDF instead of rendering them again.
 """
 
 
+import time
 from collections import Counter
+from collections.abc import Iterator
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, multi_asset
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import DocumentError, quarantine, require, run_per_document
+from medkg_pdf.assets.common import (
+    DocumentError,
+    clear_quarantine,
+    current_source,
+    document_retry_policy,
+    fail_document,
+    require_version,
+    the_document,
+)
+from medkg_pdf.assets.render import RenderConfig, iter_rendered
 from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.resources.vllm import ModelServerError, PageRequest, VLLMResource
-from medkg_pdf.schemas import PageImages, PageParse, PageParses
+from medkg_pdf.schemas import PageImage, PageImages, PageParse, PageParses, PageStatus
 
 PREVIEW_CHARS = 1500
+PAGE_IMAGES, VLM_PAGE_PARSES = AssetKey("page_images"), AssetKey("vlm_page_parses")
+# A page that failed this way failed for good: the same image and prompt at temperature 0 give the
+# same answer (the client already asked twice), or it cannot fit the model's context at all.
+PERMANENT_PAGE_STATUSES = frozenset({PageStatus.context_overflow, PageStatus.truncated, PageStatus.repetition, PageStatus.empty})
 
 
 def _status_table(parses: list[PageParse]) -> str:
@@ -35,111 +55,196 @@ def safe_preview(markdown: str) -> str:
     return "```text\n" + markdown[:PREVIEW_CHARS].replace("```", "ʼʼʼ") + "\n```"
 
 
-@asset(
+def reusable_manifest(storage: DocumentStorage, document_id: str, sha256: str, config: RenderConfig) -> PageImages | None:
+    """The stored page images of this very PDF at this DPI, when every PNG is still there."""
+    manifest = storage.read_model_or_none(layout.page_images(document_id), PageImages)
+    if manifest is None or manifest.sha256 != sha256 or manifest.dpi != config.dpi:
+        return None
+    if not all(storage.exists(image.key) for image in manifest.pages):
+        return None
+    return manifest
+
+
+def failed_pages_error(parses: list[PageParse], max_share: float) -> DocumentError | None:
+    """The one failed-page policy, whatever launched the run: over the budget, the document fails."""
+    failed = [parse for parse in parses if not parse.status.usable]
+    if not failed or len(failed) <= max_share * len(parses):
+        return None
+    listing = "; ".join(f"page {p.page_index + 1}: {p.status.value} ({p.error})" for p in failed[:10])
+    permanent = all(parse.status in PERMANENT_PAGE_STATUSES for parse in failed)
+    return DocumentError(
+        f"{len(failed)} of {len(parses)} pages failed (budget {max_share:.2%} of pages): {listing}",
+        retryable=not permanent,
+        reason="pages_failed" if not permanent else "pages_unreadable",
+    )
+
+
+@multi_asset(
+    name="page_images_and_parses",
+    specs=[
+        AssetSpec(
+            "page_images",
+            deps=["source_pdf"],
+            group_name="documents",
+            kinds={"png"},
+            skippable=True,
+            description="One PNG per page at the configured DPI (each at most 10 MB), plus blank-page detection.",
+        ),
+        AssetSpec(
+            "vlm_page_parses",
+            deps=["page_images"],
+            group_name="documents",
+            kinds={"json"},
+            skippable=True,
+            description="The VLM's markdown for every page (vLLM OpenAI API, temperature 0, seed 42), one JSON per page.",
+        ),
+    ],
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
-    group_name="documents",
-    deps=["page_images"],
+    retry_policy=document_retry_policy,
+    can_subset=True,
     pool="vllm",
-    kinds={"json"},
-    description="The VLM's markdown for every page (vLLM OpenAI API, temperature 0, seed 42), one JSON per page.",
 )
-def vlm_page_parses(context: AssetExecutionContext, storage: DocumentStorage, vllm: VLLMResource) -> MaterializeResult:
-    manifests: dict[str, PageImages] = {}
-    results: dict[tuple[str, int], PageParse] = {}
-    requests: list[PageRequest] = []
-    cached: Counter[str] = Counter()
-    fresh: set[tuple[str, int]] = set()
+def page_images_and_parses(
+    context: AssetExecutionContext,
+    config: RenderConfig,
+    storage: DocumentStorage,
+    vllm: VLLMResource,
+    quality_targets: QualityTargets,
+) -> Iterator[MaterializeResult]:
+    document_id = the_document(context)
+    render_wanted = PAGE_IMAGES in context.selected_asset_keys
+    parse_wanted = VLM_PAGE_PARSES in context.selected_asset_keys
+    stage = "vlm_page_parses" if parse_wanted else "page_images"
+    try:
+        yield from _pages(context, document_id, render_wanted, parse_wanted, config, storage, vllm, quality_targets)
+    except DocumentError as error:
+        raise fail_document(context, storage, stage, document_id, error) from None
+    clear_quarantine(storage, document_id, stage)
 
-    for document_id in context.partition_keys:
-        manifest = storage.read_model_or_none(layout.page_images(document_id), PageImages)
-        if manifest is None:
-            continue  # reported per document below
-        manifests[document_id] = manifest
-        for image in manifest.pages:
-            key = vllm.cache_key(manifest.sha256, image.index, manifest.dpi)
-            previous = storage.read_model_or_none(layout.page_parse(manifest.sha256, image.index, key), PageParse)
-            if previous is not None and previous.status.usable:
-                results[(document_id, image.index)] = previous.model_copy(update={"document_id": document_id})
-                cached[document_id] += 1
+
+def _pages(context, document_id, render_wanted, parse_wanted, config, storage, vllm, quality_targets):
+    info = current_source(storage, document_id)
+    manifest = reusable_manifest(storage, document_id, info.sha256, config)
+    if manifest is None and not render_wanted:
+        require_version(storage, layout.page_images(document_id), PageImages, "the page images", info.sha256)
+    images: dict[int, PageImage] = {}
+    rendered = {"done": False, "reused": manifest is not None}
+    results: dict[int, PageParse] = {}
+    cached = 0
+    fresh: set[int] = set()
+    started = time.perf_counter()
+
+    def pages() -> Iterator[tuple[PageImage, bytes | None]]:
+        if manifest is not None:
+            yield from ((image, None) for image in manifest.pages)
+        else:
+            yield from iter_rendered(storage.read_bytes(info.stored_at), info.sha256, config, storage)
+        rendered["done"] = True
+
+    def requests() -> Iterator[PageRequest]:
+        """Runs in the page thread: each page rendered, looked up in the cache, and sent unless found."""
+        nonlocal cached
+        for image, png in pages():
+            images[image.index] = image
+            if not parse_wanted:
                 continue
-            requests.append(
-                PageRequest(
-                    document_id=document_id,
-                    page_index=image.index,
-                    cache_key=key,
-                    load_png=lambda k=image.key: storage.read_bytes(k),
-                    blank=image.blank,
-                )
+            key = vllm.cache_key(info.sha256, image.index, config.dpi)
+            previous = storage.read_model_or_none(layout.page_parse(info.sha256, image.index, key), PageParse)
+            if previous is not None and previous.status.usable:
+                results[image.index] = previous.model_copy(update={"document_id": document_id})
+                cached += 1
+                continue
+            yield PageRequest(
+                document_id=document_id,
+                page_index=image.index,
+                cache_key=key,
+                load_png=lambda k=image.key: storage.read_bytes(k),
+                blank=image.blank,
+                png=png,
             )
 
     def store(parse: PageParse) -> None:
-        sha = manifests[parse.document_id].sha256
-        storage.write_model(layout.page_parse(sha, parse.page_index, parse.cache_key), parse)
-        results[(parse.document_id, parse.page_index)] = parse
-        fresh.add((parse.document_id, parse.page_index))
+        storage.write_model(layout.page_parse(info.sha256, parse.page_index, parse.cache_key), parse)
+        results[parse.page_index] = parse
+        fresh.add(parse.page_index)
 
     stats = None
-    if requests:
+    server_error: ModelServerError | None = None
+    if parse_wanted:
         context.log.info(
-            f"sending {len(requests)} pages to {vllm.url} (model {vllm.model}, concurrency {vllm.max_concurrency}); "
-            f"{sum(cached.values())} pages reused from the cache"
+            f"rendering {info.page_count} pages and sending them to {vllm.url} as they are rendered "
+            f"(model {vllm.model}, {vllm.max_concurrency} in flight)"
         )
         try:
-            stats = vllm.parse_pages(requests, store, context.log)
+            stats = vllm.parse_pages(requests(), store, context.log)
         except ModelServerError as error:
-            done = sum(1 for parse in results.values() if parse.status.usable)
-            for document_id in manifests:
-                quarantine(storage, document_id, "vlm_page_parses", DocumentError(str(error), retryable=True, reason="model_server"))
-            raise Failure(
-                description=f"{error} ({done} pages are stored and will be reused by the next run)",
-                metadata={"model_server": vllm.url, "model": vllm.model, "pages_stored": done},
-                allow_retries=True,
-            ) from None
+            server_error = error
+    else:
+        for _ in requests():
+            pass
 
-    def assemble(document_id: str) -> dict:
-        # read once above; `require` only to report a missing manifest with its path
-        manifest = manifests.get(document_id) or require(storage, layout.page_images(document_id), PageImages, "the page images")
-        parses = [results[(document_id, image.index)] for image in manifest.pages if (document_id, image.index) in results]
-        record = PageParses(
-            document_id=document_id,
-            sha256=manifest.sha256,
-            model=vllm.model,
-            prompt_version=vllm.effective_prompt_version,
-            pages=parses,
-            model_calls=sum(parse.attempts for parse in parses if (document_id, parse.page_index) in fresh),
-            cached_pages=cached[document_id],
-        )
-        storage.write_model(layout.page_parses(document_id), record)
-        counts = Counter(parse.status.value for parse in parses)
-        failed = [parse for parse in parses if not parse.status.usable]
-        metadata = {
-            "pages": len(parses),
-            "pages_ok": counts.get("ok", 0),
-            "pages_blank": counts.get("blank", 0),
-            "pages_failed": len(failed),
-            "pages_from_cache": cached[document_id],
-            "model_calls": record.model_calls,
-            "status_counts": dict(counts),
-            "prompt_tokens": sum(p.prompt_tokens for p in parses),
-            "completion_tokens": sum(p.completion_tokens for p in parses),
-            "model": vllm.model,
-            "prompt_version": vllm.effective_prompt_version,
-            "profile": vllm.model_profile.name,
-            "model_server": vllm.url,
-            "page_status": MetadataValue.md(_status_table(parses)),
-            "first_page_preview": MetadataValue.md(safe_preview(parses[0].markdown if parses else "")),
-        }
-        if stats is not None:
-            metadata["run_stats"] = stats.summary()
-        if failed:
-            listing = "; ".join(f"page {p.page_index + 1}: {p.status.value} ({p.error})" for p in failed[:10])
-            raise DocumentError(
-                f"{len(failed)} of {len(parses)} pages failed: {listing}", retryable=True, reason="pages_failed"
+    if rendered["done"]:
+        ordered = [images[index] for index in sorted(images)]
+        if manifest is None:
+            manifest = PageImages(document_id=document_id, sha256=info.sha256, dpi=config.dpi, pages=ordered)
+            storage.write_model(layout.page_images(document_id), manifest)
+        if render_wanted:
+            seconds = time.perf_counter() - started
+            yield MaterializeResult(
+                asset_key=PAGE_IMAGES,
+                metadata={
+                    "pages": len(ordered),
+                    "blank_pages": sum(image.blank for image in ordered),
+                    "downscaled_pages": sum(image.dpi < config.dpi for image in ordered),
+                    "dpi": config.dpi,
+                    "png_mb": round(sum(image.png_bytes for image in ordered) / 2**20, 2),
+                    "reused_from_earlier_attempt": rendered["reused"],
+                    "render_and_parse_s": round(seconds, 3),
+                },
             )
-        return metadata
-
-    def run_stats() -> dict:
-        return {"run_stats": stats.summary()} if stats is not None else {"model_calls": 0}
-
-    return run_per_document(context, storage, "vlm_page_parses", assemble, run_stats)
+    if server_error is not None:
+        done = sum(1 for parse in results.values() if parse.status.usable)
+        raise DocumentError(
+            f"{server_error} ({done} pages are stored and will be reused by the next attempt)", retryable=True, reason="model_server"
+        )
+    if not parse_wanted:
+        return
+    parses = [results[index] for index in sorted(results)]
+    record = PageParses(
+        document_id=document_id,
+        sha256=info.sha256,
+        model=vllm.model,
+        prompt_version=vllm.effective_prompt_version,
+        pages=parses,
+        model_calls=sum(parse.attempts for parse in parses if parse.page_index in fresh),
+        cached_pages=cached,
+    )
+    if len(parses) != info.page_count:  # cannot happen unless a page went missing on the way: never record it as done
+        raise DocumentError(f"{info.page_count - len(parses)} pages have no result", retryable=True, reason="pages_missing")
+    error = failed_pages_error(parses, quality_targets.max_failed_page_share)
+    if error is not None:
+        storage.delete(layout.page_parses(document_id))  # no record of another attempt stands in for this one
+        raise error
+    storage.write_model(layout.page_parses(document_id), record)
+    counts = Counter(parse.status.value for parse in parses)
+    metadata = {
+        "pages": len(parses),
+        "pages_ok": counts.get("ok", 0),
+        "pages_blank": counts.get("blank", 0),
+        "pages_failed": sum(not parse.status.usable for parse in parses),
+        "pages_from_cache": cached,
+        "model_calls": record.model_calls,
+        "status_counts": dict(counts),
+        "prompt_tokens": sum(p.prompt_tokens for p in parses),
+        "completion_tokens": sum(p.completion_tokens for p in parses),
+        "model": vllm.model,
+        "prompt_version": vllm.effective_prompt_version,
+        "profile": vllm.model_profile.name,
+        "model_server": vllm.url,
+        "page_status": MetadataValue.md(_status_table(parses)),
+        "first_page_preview": MetadataValue.md(safe_preview(parses[0].markdown if parses else "")),
+    }
+    if stats is not None:
+        metadata["run_stats"] = stats.summary()
+    yield MaterializeResult(asset_key=VLM_PAGE_PARSES, metadata=metadata)

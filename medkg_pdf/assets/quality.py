@@ -6,7 +6,7 @@ from collections import Counter
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medkg_pdf import layout, metrics
-from medkg_pdf.assets.common import require, run_per_document
+from medkg_pdf.assets.common import current_source, document_retry_policy, require_version, run_document
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import BaselineParse, DocumentQuality, PageQuality, StructuredDocument
@@ -71,6 +71,7 @@ def _page_table(quality: DocumentQuality) -> str:
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
+    retry_policy=document_retry_policy,
     group_name="documents",
     deps=["structured_document", "baseline_parse"],
     kinds={"json"},
@@ -78,8 +79,9 @@ def _page_table(quality: DocumentQuality) -> str:
 )
 def parse_quality(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
     def score(document_id: str) -> dict:
-        document = require(storage, layout.structured_json(document_id), StructuredDocument, "the structured document")
-        baseline = require(storage, layout.baseline(document_id), BaselineParse, "the text-layer baseline")
+        sha256 = current_source(storage, document_id).sha256
+        document = require_version(storage, layout.structured_json(document_id), StructuredDocument, "the structured document", sha256)
+        baseline = require_version(storage, layout.baseline(document_id), BaselineParse, "the text-layer baseline", sha256)
         quality = compare(document, baseline)
         storage.write_model(layout.quality(document_id), quality)
         return {
@@ -92,4 +94,4 @@ def parse_quality(context: AssetExecutionContext, storage: DocumentStorage) -> M
             "pages": MetadataValue.md(_page_table(quality)),
         }
 
-    return run_per_document(context, storage, "parse_quality", score)
+    return run_document(context, storage, "parse_quality", score)

@@ -1,4 +1,4 @@
-"""Stage 2: every page rendered to its own PNG, one at a time per process so memory does not grow with pages.
+"""Rendering for stage 2 (`page_images`): every page to its own PNG, one at a time per process, streamed.
 
 Large documents are rendered by several processes (one per available core, the cgroup CPU limit
 respected): this process and `workers - 1` helpers claim chunks of pages from a shared counter,
@@ -20,18 +20,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pymupdf
-from dagster import AssetExecutionContext, Config, ConfigurableResource, MaterializeResult, asset
+from dagster import Config, ConfigurableResource
 from pydantic import Field
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import DocumentError, require, run_per_document
-from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf.assets.common import DocumentError
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import PageImage, PageImages, SourceInfo
+from medkg_pdf.schemas import PageImage
 from medkg_pdf.validation import MAX_IMAGE_BYTES
 
 INK_LEVEL = 200  # gray values below this count as ink
@@ -110,11 +109,10 @@ def render_page(page: pymupdf.Page, key: str, dpi: int, max_bytes: int) -> Rende
 CHUNK_PAGES = 8  # pages claimed at a time: small enough to balance, large enough to amortize the claim
 
 
-def render_range(
+def render_pages(
     doc: pymupdf.Document, storage: DocumentStorage, sha256: str, dpi: int, max_bytes: int, start: int, stop: int
-) -> list[PageImage]:
-    """Render pages [start, stop) of an open document, write each PNG to storage, keep only the records."""
-    images = []
+) -> Iterator[RenderedPage]:
+    """Render pages [start, stop) of an open document one by one, each PNG written to storage before it is yielded."""
     for number in range(start, stop):
         page = doc[number]
         key = layout.page_png(sha256, dpi, page.number)
@@ -124,10 +122,16 @@ def render_range(
             raise
         except Exception as error:  # a page the renderer chokes on fails its document, clearly
             raise DocumentError(f"page {page.number + 1} cannot be rendered: {error}", reason="render_failed") from None
+        del page
         storage.write_bytes(key, rendered.png)
-        images.append(rendered.image)
-        del rendered, page
-    return images
+        yield rendered
+
+
+def render_range(
+    doc: pymupdf.Document, storage: DocumentStorage, sha256: str, dpi: int, max_bytes: int, start: int, stop: int
+) -> list[PageImage]:
+    """Render pages [start, stop), keep only the records (the PNGs are in storage)."""
+    return [rendered.image for rendered in render_pages(doc, storage, sha256, dpi, max_bytes, start, stop)]
 
 
 def available_cores() -> int:
@@ -210,11 +214,12 @@ def _context():
 
 
 def render_parallel(
-    data: bytes, info: SourceInfo, config: RenderConfig, storage: DocumentStorage, processes: int
-) -> tuple[list[PageImage], int]:
-    """Render with this process plus `processes - 1` helpers; the records equal the sequential ones.
+    data: bytes, sha256: str, config: RenderConfig, storage: DocumentStorage, processes: int
+) -> Iterator[tuple[PageImage, bytes | None]]:
+    """Render with this process plus `processes - 1` helpers, yielding each page as soon as it exists.
 
-    Returns the records and how many pages the helpers rendered.
+    Pages this process renders come with their PNG; pages of the helpers' chunks come as records
+    only (their PNGs are in storage), in whatever order the chunks finish.
     """
     with pymupdf.open(stream=data, filetype="pdf") as doc:
         pages = doc.page_count
@@ -222,14 +227,14 @@ def render_parallel(
         ctx = _context()
         counter = ctx.Value("i", 0)
         results = ctx.Queue()
-        done: dict[int, list[PageImage]] = {}
+        received: set[int] = set()
         started: list[multiprocessing.process.BaseProcess] = []
         with tempfile.TemporaryDirectory(prefix="medkg-render-") as tmp:
             pdf_path = os.path.join(tmp, "source.pdf")
             with open(pdf_path, "wb") as handle:
                 handle.write(data)
             dpi, max_bytes = config.dpi, config.max_image_bytes
-            args = (pdf_path, info.sha256, dpi, max_bytes, _resource_spec(storage), chunks, counter, results)
+            args = (pdf_path, sha256, dpi, max_bytes, _resource_spec(storage), chunks, counter, results)
 
             def start_helpers() -> None:
                 # in a thread: the first start boots the forkserver (seconds), while this process renders
@@ -240,32 +245,41 @@ def render_parallel(
                     helper.start()
                     started.append(helper)
 
+            def helper_chunk(timeout: float) -> list[PageImage] | None:
+                try:
+                    index, kind, payload = results.get(timeout=timeout)
+                except queue.Empty:
+                    if timeout and not starter.is_alive() and not any(helper.is_alive() for helper in started):
+                        try:
+                            index, kind, payload = results.get(timeout=1.0)
+                        except queue.Empty:
+                            codes = [helper.exitcode for helper in started]
+                            raise DocumentError(
+                                f"a render helper process died (exit codes {codes}) before finishing its pages",
+                                reason="render_failed",
+                            ) from None
+                    else:
+                        return None
+                if kind == "error":
+                    message, reason = payload
+                    raise DocumentError(message, reason=reason)
+                received.add(index)
+                return [PageImage.model_validate(record) for record in payload]
+
             starter = threading.Thread(target=start_helpers, name="medkg-render-helpers", daemon=True)
             starter.start()
             try:
+                own = 0
                 while (index := _claim(counter)) < len(chunks):
-                    start, stop = chunks[index]
-                    done[index] = render_range(doc, storage, info.sha256, dpi, max_bytes, start, stop)
-                own_pages = sum(len(images) for images in done.values())
-                while len(done) < len(chunks):  # the chunks the helpers claimed
-                    try:
-                        index, kind, payload = results.get(timeout=0.5)
-                    except queue.Empty:
-                        if not starter.is_alive() and not any(helper.is_alive() for helper in started):
-                            try:
-                                index, kind, payload = results.get(timeout=1.0)
-                            except queue.Empty:
-                                codes = [helper.exitcode for helper in started]
-                                raise DocumentError(
-                                    f"a render helper process died (exit codes {codes}) before finishing its pages",
-                                    reason="render_failed",
-                                ) from None
-                        else:
-                            continue
-                    if kind == "error":
-                        message, reason = payload
-                        raise DocumentError(message, reason=reason)
-                    done[index] = [PageImage.model_validate(record) for record in payload]
+                    own += 1
+                    for rendered in render_pages(doc, storage, sha256, dpi, max_bytes, *chunks[index]):
+                        yield rendered.image, rendered.png
+                    while (images := helper_chunk(0.0)) is not None:  # hand on what the helpers finished meanwhile
+                        yield from ((image, None) for image in images)
+                while len(received) + own < len(chunks):  # the rest of the helpers' chunks
+                    images = helper_chunk(0.5)
+                    if images is not None:
+                        yield from ((image, None) for image in images)
             finally:
                 with counter.get_lock():
                     counter.value = max(counter.value, len(chunks))  # no helper claims anything more
@@ -276,43 +290,16 @@ def render_parallel(
                         helper.terminate()
                         helper.join(timeout=5)
                 results.close()
-    images = [image for index in range(len(chunks)) for image in done[index]]
-    return images, len(images) - own_pages
 
 
-@asset(
-    partitions_def=documents,
-    backfill_policy=document_backfill_policy,
-    group_name="documents",
-    deps=["source_pdf"],
-    kinds={"png"},
-    description="One PNG per page at the configured DPI (each at most 10 MB), plus blank-page detection.",
-)
-def page_images(context: AssetExecutionContext, config: RenderConfig, storage: DocumentStorage) -> MaterializeResult:
-    def render(document_id: str) -> dict:
-        info = require(storage, layout.source_info(document_id), SourceInfo, "the validated source PDF")
-        started = time.perf_counter()
-        data = storage.read_bytes(info.stored_at)
-        with pymupdf.open(stream=data, filetype="pdf") as doc:
-            processes, helper_pages = render_processes(config, doc.page_count), 0
-            if processes == 1:
-                images = render_range(doc, storage, info.sha256, config.dpi, config.max_image_bytes, 0, doc.page_count)
-        if processes > 1:
-            images, helper_pages = render_parallel(data, info, config, storage, processes)
-        del data
-        manifest = PageImages(document_id=document_id, sha256=info.sha256, dpi=config.dpi, pages=images)
-        storage.write_model(layout.page_images(document_id), manifest)
-        seconds = time.perf_counter() - started
-        return {
-            "pages": len(images),
-            "blank_pages": sum(image.blank for image in images),
-            "downscaled_pages": sum(image.dpi < config.dpi for image in images),
-            "dpi": config.dpi,
-            "png_mb": round(sum(image.png_bytes for image in images) / 2**20, 2),
-            "render_s": round(seconds, 3),
-            "pages_per_s": round(len(images) / max(seconds, 1e-9), 2),
-            "render_processes": processes,
-            "pages_by_helper_processes": helper_pages,
-        }
-
-    return run_per_document(context, storage, "page_images", render)
+def iter_rendered(
+    data: bytes, sha256: str, config: RenderConfig, storage: DocumentStorage
+) -> Iterator[tuple[PageImage, bytes | None]]:
+    """Every page of a PDF rendered and stored, in render order; one process or several by size."""
+    with pymupdf.open(stream=data, filetype="pdf") as doc:
+        processes = render_processes(config, doc.page_count)
+        if processes == 1:
+            for rendered in render_pages(doc, storage, sha256, config.dpi, config.max_image_bytes, 0, doc.page_count):
+                yield rendered.image, rendered.png
+            return
+    yield from render_parallel(data, sha256, config, storage, processes)

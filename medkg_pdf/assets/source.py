@@ -6,11 +6,11 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import DocumentError, require, run_per_document
+from medkg_pdf.assets.common import DocumentError, document_retry_policy, require, run_document
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import SourceInfo, SourceRef
-from medkg_pdf.sources import read_source
+from medkg_pdf.sources import SourceReadError, read_source
 from medkg_pdf.validation import MAX_PDF_BYTES, InvalidPdfError, validate_pdf
 
 
@@ -22,6 +22,7 @@ class SourceConfig(Config):
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
+    retry_policy=document_retry_policy,
     group_name="documents",
     kinds={"pdf"},
     description="The raw PDF, validated (magic bytes, size, opens, not encrypted, page cap) and stored as-is.",
@@ -36,13 +37,16 @@ def source_pdf(
         ref = require(storage, layout.source_ref(document_id), SourceRef, "the document's registration")
         if ref.uri.startswith("s3://") and s3_client is None:
             s3_client = inbox_s3.get_client()
+        # this version's record replaces the last one only once it is valid; until then no record
+        # of an older version is left for a later stage to build on
+        storage.delete(layout.source_info(document_id))
         try:
             data = read_source(ref, s3_client, config.max_bytes)
             valid = validate_pdf(data, max_pages=config.max_pages, max_bytes=config.max_bytes)
         except InvalidPdfError as error:
             raise DocumentError(f"{ref.name}: {error}", reason=error.reason) from None
-        except (OSError, ValueError) as error:
-            raise DocumentError(f"{ref.name}: cannot read {ref.uri}: {error}", retryable=True, reason="source_unreadable") from None
+        except SourceReadError as error:
+            raise DocumentError(f"{ref.name}: {error}", retryable=error.retryable, reason=error.reason) from None
         for warning in valid.warnings:
             context.log.warning(f"{document_id}: {warning}")
         storage.write_bytes(layout.source_pdf(document_id), data)
@@ -69,4 +73,4 @@ def source_pdf(
             "warnings": MetadataValue.md("\n".join(f"- {w}" for w in valid.warnings) or "none"),
         }
 
-    return run_per_document(context, storage, "source_pdf", ingest)
+    return run_document(context, storage, "source_pdf", ingest)

@@ -18,7 +18,7 @@ from typing import Literal
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import QuarantineRecord
+from medkg_pdf.schemas import QuarantineRecord
 from medkg_pdf.partitions import documents
 from medkg_pdf.resources.storage import DocumentStorage
 

@@ -1,9 +1,8 @@
 """Check of `vlm_page_parses`: the share of pages without a usable answer stays within budget (blocking)."""
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, asset_check
 
 from medkg_pdf import layout
-from medkg_pdf.assets.parse import vlm_page_parses
 from medkg_pdf.checks.common import CHECK_PARTITIONS, Finding, missing, run_documents, summarize
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
@@ -28,7 +27,7 @@ def judge_pages(storage: DocumentStorage, document_id: str, max_share: float) ->
 
 
 @asset_check(
-    asset=vlm_page_parses,
+    asset=AssetKey("vlm_page_parses"),
     partitions_def=CHECK_PARTITIONS,
     blocking=True,
     description="Per document, the share of pages whose answer is not usable (HTTP error, timeout, empty, "

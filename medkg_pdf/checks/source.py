@@ -5,7 +5,7 @@ import hashlib
 from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import QuarantineRecord
+from medkg_pdf.schemas import QuarantineRecord
 from medkg_pdf.assets.source import source_pdf
 from medkg_pdf.checks.common import CHECK_PARTITIONS, Finding, run_documents, summarize
 from medkg_pdf.resources.storage import DocumentStorage

@@ -13,10 +13,11 @@ import io
 import json
 import logging
 import math
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import httpx
 import pymupdf
@@ -71,13 +72,14 @@ class PageFailure(Exception):
 
 @dataclass(frozen=True)
 class PageRequest:
-    """A page to parse; the PNG is loaded only when its turn comes, so memory stays flat."""
+    """A page to parse: its PNG in hand (just rendered) or loaded from storage when its turn comes."""
 
     document_id: str
     page_index: int
     cache_key: str
-    load_png: Callable[[], bytes]
+    load_png: Callable[[], bytes] | None = None
     blank: bool = False
+    png: bytes | None = None
 
 
 @dataclass
@@ -241,19 +243,24 @@ class VLLMResource(ConfigurableResource):
     # ----- public entry ------------------------------------------------------------------------
     def parse_pages(
         self,
-        pages: list[PageRequest],
+        pages: Iterable[PageRequest],
         on_result: Callable[[PageParse], None],
         logger: logging.Logger | None = None,
     ) -> RunStats:
         """Parse pages concurrently (bounded); `on_result` stores each result as it arrives.
 
+        `pages` may be a generator that renders as it goes: it is drawn in a thread of its own,
+        at most `max_concurrency` pages ahead of the requests, so the first request leaves as soon
+        as the first page exists and rendering runs beside the requests with bounded memory.
+
         Raises ModelServerError when the server is unusable (preflight, auth, breaker open):
-        results that arrived before are already stored, so a re-run only does the rest.
+        results that arrived before are already stored, so a re-run only does the rest. An
+        exception raised by `pages` is raised here once the pages in flight have been stored.
         """
         return asyncio.run(self._parse_all(pages, on_result, logger or log))
 
-    async def _parse_all(self, pages, on_result, logger) -> RunStats:
-        stats = RunStats(pages=len(pages))
+    async def _parse_all(self, pages: Iterable[PageRequest], on_result, logger) -> RunStats:
+        stats = RunStats()
         started = time.perf_counter()
 
         def on_change(old: BreakerState, new: BreakerState, why: str) -> None:
@@ -272,31 +279,73 @@ class VLLMResource(ConfigurableResource):
             connect=self.connect_timeout_s, read=self.read_timeout_s, write=self.write_timeout_s, pool=self.pool_timeout_s
         )
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, limits=limits) as client:
-            max_model_len = await self._preflight(client)
-            semaphore = asyncio.Semaphore(self.max_concurrency)
-            fatal: list[BaseException] = []
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        room = threading.Semaphore(self.max_concurrency)  # pages drawn from `pages` but not yet taken by a worker
+        stop = threading.Event()
+        done = object()
+        producer_error: list[BaseException] = []
 
-            async def run_one(page: PageRequest) -> None:
-                enqueued = time.perf_counter()
-                async with semaphore:
-                    if fatal:
-                        return
+        def produce() -> None:
+            """Draw pages (rendering them, when `pages` renders) and hand them to the event loop."""
+            iterator = iter(pages)
+            try:
+                while not stop.is_set():
+                    while not room.acquire(timeout=0.2):
+                        if stop.is_set():
+                            return
                     try:
-                        result = await self._parse_one(client, page, breaker, max_model_len, stats, enqueued)
-                    except FatalRequestError as error:
-                        fatal.append(error)
+                        page = next(iterator)
+                    except StopIteration:
                         return
-                    stats.status_counts[result.status.value] = stats.status_counts.get(result.status.value, 0) + 1
-                    if result.status is PageStatus.ok:
-                        stats.latencies.append(result.latency_s)
-                    await asyncio.to_thread(on_result, result)
+                    loop.call_soon_threadsafe(queue.put_nowait, page)
+            except BaseException as error:  # noqa: BLE001 - raised by parse_pages once in-flight pages are stored
+                producer_error.append(error)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
 
-            await asyncio.gather(*(run_one(page) for page in pages))
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, limits=limits) as client:
+            producer = threading.Thread(target=produce, name="medkg-pages", daemon=True)
+            producer.start()
+            fatal: list[BaseException] = []
+            try:
+                max_model_len = await self._preflight(client)
+
+                async def worker() -> None:
+                    while True:
+                        page = await queue.get()
+                        if page is done:
+                            queue.put_nowait(done)  # for the other workers
+                            return
+                        room.release()
+                        if fatal:
+                            continue
+                        stats.pages += 1
+                        try:
+                            result = await self._parse_one(client, page, breaker, max_model_len, stats, time.perf_counter())
+                        except FatalRequestError as error:
+                            fatal.append(error)
+                            stop.set()
+                            continue
+                        del page
+                        stats.status_counts[result.status.value] = stats.status_counts.get(result.status.value, 0) + 1
+                        if result.status is PageStatus.ok:
+                            stats.latencies.append(result.latency_s)
+                        await asyncio.to_thread(on_result, result)
+
+                await asyncio.gather(*(worker() for _ in range(self.max_concurrency)))
+            finally:
+                stop.set()
+                await asyncio.to_thread(producer.join)
         stats.breaker_trips = breaker.trips
         stats.wall_s = time.perf_counter() - started
         if fatal:
             raise fatal[0]
+        if producer_error:
+            raise producer_error[0]
         return stats
 
     # ----- preflight ---------------------------------------------------------------------------
@@ -342,7 +391,7 @@ class VLLMResource(ConfigurableResource):
         )
         if page.blank:
             return PageParse(**base, sampling=sampling, status=PageStatus.blank)
-        png = await asyncio.to_thread(page.load_png)
+        png = page.png if page.png is not None else await asyncio.to_thread(page.load_png)
         width, height = png_size(png)
         try:
             png, width, height = await asyncio.to_thread(self._size_for_model, profile, png, width, height, sampling, max_model_len)
@@ -352,7 +401,8 @@ class VLLMResource(ConfigurableResource):
         started = time.perf_counter()
         answer: dict[str, Any] = {}
         parsed = None
-        for round_ in range(3):  # one retry for truncation/repetition, one for a rotated page
+        asked_again = False
+        for round_ in range(4):  # one retry for truncation/repetition, one for a rotated page, one for an empty answer
             data_url = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
             try:
                 answer, tries = await self._complete(client, data_url, sampling, breaker, stats, profile)
@@ -370,6 +420,9 @@ class VLLMResource(ConfigurableResource):
                     sampling = sampling.model_copy(update={"repetition_penalty": 1.1, "frequency_penalty": 0.3})
                     continue
                 break
+            if status is PageStatus.empty and not asked_again:  # an empty answer is final only when it comes twice
+                asked_again = True
+                continue
             if status is not PageStatus.ok:
                 break
             try:
@@ -385,6 +438,9 @@ class VLLMResource(ConfigurableResource):
                 continue
             if not parsed.markdown.strip() and not parsed.regions:
                 status, error = PageStatus.empty, "the answer had no text after parsing"
+                if not asked_again:
+                    asked_again, parsed = True, None
+                    continue
             break
         usage = answer.get("usage") or {}
         if parsed is not None:
