@@ -18,7 +18,7 @@ import warnings
 
 from bench.common import BENCH_DIR, Section, machine
 
-BENCHMARKS = ("throughput", "render", "memory", "slo", "overhead")
+BENCHMARKS = ("throughput", "end_to_end", "render", "memory", "slo", "overhead")
 
 
 def recommendations(sections: dict[str, Section]) -> list[str]:

@@ -19,16 +19,30 @@ def _data_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("MEDKG_DATA_DIR") or ".medkg-data").resolve()
 
 
-def _instance(data_dir: Path, *, workers: int = 1):
-    """A persistent instance under the data dir (unless DAGSTER_HOME is set), so `dagster dev` shows the runs.
+def threaded_instance(home: str, workers: int):
+    """A Dagster instance on `home` for runs executed in threads of one process.
 
-    Runs of this command execute in threads of one process: stdout/stderr capture (a per-step
-    redirect of the process's file descriptors) is off, and the `vllm` pool admits every worker,
-    since `--pages-in-flight` is this command's bound on the model server.
+    Per-step stdout/stderr capture redirects the process's file descriptors, so it is off; the
+    `vllm` pool admits every worker (the caller bounds the pages in flight); and the instance's
+    python_logs handlers are resolved once: Dagster re-applies them with logging.config.dictConfig
+    at the start of every run, which deadlocks against the event-log handlers' locks when runs
+    start in several threads at once.
     """
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
+    overrides = {
+        "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"},
+        "concurrency": {"pools": {"default_limit": max(workers, 2)}},
+    }
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=overrides))
+    yaml_handlers = list(instance.get_yaml_python_handlers())
+    instance.get_yaml_python_handlers = lambda: yaml_handlers
+    return instance
+
+
+def _instance(data_dir: Path, *, workers: int = 1):
+    """A persistent instance under the data dir (unless DAGSTER_HOME is set), so `dagster dev` shows the runs."""
     if not os.environ.get("DAGSTER_HOME"):
         home = data_dir / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
@@ -36,11 +50,7 @@ def _instance(data_dir: Path, *, workers: int = 1):
         if not config.exists():
             config.write_text("telemetry:\n  enabled: false\n")  # `make ui` replaces it with the repo's dagster.yaml
         os.environ["DAGSTER_HOME"] = str(home)
-    overrides = {
-        "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"},
-        "concurrency": {"pools": {"default_limit": max(workers, 2)}},
-    }
-    return DagsterInstance.from_ref(InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides=overrides))
+    return threaded_instance(os.environ["DAGSTER_HOME"], workers)
 
 
 def _document_summary(storage, document_id: str, run_ok: bool, run_error: str | None) -> dict[str, Any]:
@@ -111,11 +121,6 @@ def process_files(
 
     environ = dict(os.environ, MEDKG_DATA_DIR=str(data_dir))
     instance = _instance(data_dir, workers=workers)
-    # Dagster applies the instance's python_logs config with logging.config.dictConfig at the start
-    # of every run; runs starting in several threads at once then deadlock against the event-log
-    # handlers' locks. Resolve the handlers once here and hand every run the same ones.
-    yaml_handlers = list(instance.get_yaml_python_handlers())
-    instance.get_yaml_python_handlers = lambda: yaml_handlers
     workers = max(1, min(workers, len(files) or 1))
     results = []
     with ExitStack() as stack:

@@ -9,7 +9,7 @@ and with the quarantine records:
 * a permanent failure (invalid, encrypted, non-PDF, context overflow, the same bad answer twice):
   never again for that source version; a re-upload (new registration) gets its own run;
 * a transient failure: again once its `next_attempt_at` has come (the backoff doubles with every
-  failed run), until it becomes a dead letter after `MAX_FAILED_RUNS` runs;
+  failed run), until it becomes a dead letter after `MAX_FAILED_ATTEMPTS` attempts;
 * never materialized, or a failed run that left no record (its process died): one run.
 
 Due documents go first by the time they became due (never-run documents by registration), at most
@@ -95,7 +95,7 @@ def reconcile(instance: DagsterInstance, storage: DocumentStorage, max_runs: int
         if record is not None and _outdated(storage, document_id, record):
             record = None  # a new version arrived after the verdict: it deserves its own run
         if record is not None and record.dead_letter:
-            result.dead_letters[document_id] = f"{record.stage}: {record.reason} after {record.failed_runs} runs"
+            result.dead_letters[document_id] = f"{record.stage}: {record.reason} after {record.failed_attempts} attempts"
             continue
         if record is not None and not record.retryable:
             result.quarantined[document_id] = f"{record.stage}: {record.reason}"

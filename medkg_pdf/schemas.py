@@ -36,7 +36,7 @@ class QuarantineRecord(BaseModel):
 
     `retryable` is False for permanent failures (invalid, encrypted, non-PDF, context overflow, the
     same bad answer twice at temperature 0): only a new source version or an operator runs it again.
-    A transient failure is retried at `next_attempt_at` until `failed_runs` reaches the cap; then it
+    A transient failure is retried at `next_attempt_at` until `failed_attempts` reaches the cap; then it
     is a dead letter, left for an operator.
     """
 
@@ -47,7 +47,7 @@ class QuarantineRecord(BaseModel):
     retryable: bool
     at: str
     registered_at: datetime | None = None  # SourceRef.arrived_at of the version that failed
-    failed_runs: int = 1  # failed runs of this source version (after each run's own step retries)
+    failed_attempts: int = 1  # failed step attempts of this source version (each run makes up to 3)
     next_attempt_at: datetime | None = None  # when reconciliation may run it again (transient only)
     dead_letter: bool = False  # transient, but out of automatic attempts
     run_id: str | None = None

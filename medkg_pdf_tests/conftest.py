@@ -56,6 +56,17 @@ def moto_server():
                 os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def no_step_retries(request, monkeypatch):
+    """A transient failure is retried in its step after 5 s and 10 s; tests not marked `step_retries`
+    run with those retries off, so a failure is the run's last word at once (runs in other processes,
+    the live daemon's, keep them)."""
+    if request.node.get_closest_marker("step_retries") is None:
+        from medkg_pdf.assets import common
+
+        monkeypatch.setattr(common, "MAX_STEP_RETRIES", 0)
+
+
 def vllm_for(url: str, **settings) -> VLLMResource:
     defaults = dict(base_url=url, model=EMBEDDED_MODEL, backoff_initial_s=0.05, backoff_max_s=0.5)
     defaults.update(settings)

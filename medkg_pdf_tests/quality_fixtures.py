@@ -103,9 +103,9 @@ def resources(storage: LocalStorage, vllm: VLLMResource, **overrides) -> dict:
     return base
 
 
-def range_tags(document_ids: list[str]) -> dict[str, str]:
-    """The tags a backfill run over several documents carries (BackfillPolicy.multi_run)."""
-    return {"dagster/asset_partition_range_start": document_ids[0], "dagster/asset_partition_range_end": document_ids[-1]}
+def run_each(instance: DagsterInstance, resource_defs: dict, document_ids: list[str], assets: list | None = None) -> list[ExecuteInProcessResult]:
+    """One run per document, as a backfill (BackfillPolicy.multi_run(1)) or the sensor launches them."""
+    return [run(instance, resource_defs, assets, partition_key=document_id) for document_id in document_ids]
 
 
 def run(

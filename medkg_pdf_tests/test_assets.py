@@ -6,11 +6,10 @@
 import pytest
 from dagster import materialize
 
-from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf import layout
 from medkg_pdf.assets import document_assets
-from medkg_pdf.schemas import QuarantineRecord
-from medkg_pdf.schemas import PageParses, PageStatus, SourceInfo, StructuredDocument
+from medkg_pdf.resources.quality import QualityTargets
+from medkg_pdf.schemas import PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
 from medkg_pdf_tests import pdf_factory
 from medkg_pdf_tests.conftest import register_files, vllm_for
 from medkg_pdf_tests.vllm_double import Faults, VllmDouble
@@ -96,20 +95,34 @@ def test_bad_pdf_fails_its_run_with_a_clear_error_and_is_quarantined(tmp_path, s
     assert double.requests == 0
 
 
-def test_a_bad_document_in_a_backfill_run_does_not_stop_the_others(tmp_path, storage, instance, double):
+def test_a_bad_document_fails_only_its_own_run(tmp_path, storage, instance, double):
     good = write(tmp_path, "good.pdf", pdf_factory.text_pdf(["Warfarin 5 mg"], pages=2))
     bad = write(tmp_path, "bad.pdf", pdf_factory.html_renamed())
     good2 = write(tmp_path, "good2.pdf", pdf_factory.text_pdf(["Heparin 5000 units"], pages=1))
     ids = register_files(storage, instance, [good, bad, good2])
+    results = {doc_id: run_chain(instance, storage, vllm_for(double.url), doc_id) for doc_id in ids}  # as a backfill launches them
+    assert results[ids[0]].success and results[ids[2]].success and not results[ids[1]].success
+    assert storage.exists(layout.quality(ids[0])) and storage.exists(layout.quality(ids[2]))
+    assert not storage.exists(layout.quality(ids[1]))
+    assert results[ids[1]].get_asset_materialization_events() == []
+    assert "HTML" in storage.read_model(layout.quarantine(ids[1]), QuarantineRecord).message
+    assert double.requests == 3
+
+
+def test_a_run_handed_several_documents_refuses_them_all_and_records_nothing(tmp_path, storage, instance, double):
+    ids = register_files(storage, instance, [
+        write(tmp_path, "a.pdf", pdf_factory.text_pdf(["Warfarin 5 mg"], pages=1)),
+        write(tmp_path, "b.pdf", pdf_factory.text_pdf(["Heparin 5000 units"], pages=1)),
+    ])  # fmt: skip
     result = run_chain(
         instance, storage, vllm_for(double.url),
         tags={"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]},
     )  # fmt: skip
-    assert result.success
-    assert storage.exists(layout.quality(ids[0])) and storage.exists(layout.quality(ids[2]))
-    assert not storage.exists(layout.quality(ids[1]))
-    assert "HTML" in storage.read_model(layout.quarantine(ids[1]), QuarantineRecord).message
-    assert double.requests == 3
+    assert not result.success
+    assert result.get_asset_materialization_events() == []
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "one document per run" in failure.event_specific_data.error.message
+    assert double.requests == 0 and not any(storage.exists(layout.source_info(doc_id)) for doc_id in ids)
 
 
 def test_server_outage_mid_run_keeps_parsed_pages_and_the_rerun_does_the_rest(tmp_path, storage, instance):
@@ -150,6 +163,6 @@ def test_a_run_against_a_down_server_fails_within_seconds_naming_it(tmp_path, st
     result = run_chain(instance, storage, vllm_for(url), doc_id)
     assert not result.success and time.monotonic() - started < 10
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert failure.step_key == "vlm_page_parses"
+    assert failure.step_key == "page_images_and_parses"
     assert url in failure.event_specific_data.error.message and "unreachable" in failure.event_specific_data.error.message
     assert storage.read_model(layout.quarantine(doc_id), QuarantineRecord).retryable

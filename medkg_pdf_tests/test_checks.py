@@ -15,7 +15,7 @@ from medkg_pdf.assets.regression import accepted_baseline
 from medkg_pdf.checks import document_checks, source_pdf_is_valid, structured_document_schema_valid
 from medkg_pdf.checks.parse import judge_pages
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf.schemas import PageParse, PageParses, PageStatus, SamplingParams
+from medkg_pdf.schemas import PageParse, PageParses, PageStatus, SamplingParams, StructuredDocument
 from medkg_pdf_tests import pdf_factory
 from medkg_pdf_tests.conftest import register_files, vllm_for
 from medkg_pdf_tests.quality_fixtures import (
@@ -25,7 +25,6 @@ from medkg_pdf_tests.quality_fixtures import (
     drop_digits,
     materialized,
     pdf_with_pages,
-    range_tags,
     resources,
     run,
     write_pdfs,
@@ -104,40 +103,40 @@ def test_a_failed_numeric_gate_blocks_what_depends_on_the_scores(tmp_path, stora
     assert not storage.exists(layout.accepted_baseline(doc_id))
 
 
-def test_a_failing_page_fails_the_blocking_parse_check_and_stops_downstream(tmp_path, storage, instance):
-    """A backfill run of two documents; the first page sent gets three HTTP 500s and is given up.
+def test_a_page_given_up_fails_its_document_and_nothing_downstream_of_it(tmp_path, storage, instance):
+    """Two documents, one run each (as a backfill launches them); the first page sent gets three HTTP 500s.
 
-    In a multi-document step `vlm_page_parses` itself goes on (one bad document must not sink
-    the others), so it is the blocking check that keeps the half-parsed document from being
-    assembled; with ERROR it holds the whole step's downstream until the page is re-run.
+    Over the failed-page budget, `vlm_page_parses` itself fails for that document: it is never
+    recorded as parsed, never assembled or scored, and the other document is untouched.
     """
     first, second = pdf_with_pages(PROGRESS_NOTE), pdf_with_pages([LABEL])
     model = TextLayerModel().learn(first).learn(second)
     ids = register_files(storage, instance, write_pdfs(tmp_path, {"note.pdf": first, "label.pdf": second}))
     with VllmDouble(model=MODEL, answer=model, faults=Faults(script=["500", "500", "500"])) as double:
         vllm = vllm_for(double.url, model=MODEL, max_concurrency=1, max_attempts=3)  # one at a time: page 1 of note.pdf first
-        result = run(instance, resources(storage, vllm), tags=range_tags(ids))
-    check = check_results(result)["vlm_page_parses_failed_page_share"]
-    assert not check.passed and check.severity == AssetCheckSeverity.ERROR
-    assert check.partition is None  # one evaluation covers the run's range of documents
-    assert check.metadata["documents"].value == 2 and check.metadata["documents_failing"].value == 1
-    assert check.metadata["failed_page_share"].value == 0.5  # worst document: 1 of 2 pages
-    assert ids[0] in check.description and "http_error" in check.description
-    assert "vlm_page_parses" in materialized(result)
-    assert "structured_document" not in materialized(result) and "parse_quality" not in materialized(result)
-    assert not any(storage.exists(layout.structured_json(doc_id)) for doc_id in ids)
+        note, label = (run(instance, resources(storage, vllm), partition_key=doc_id) for doc_id in ids)
+    assert not note.success
+    failure = next(e for e in note.all_events if e.is_step_failure)
+    message = failure.event_specific_data.error.message
+    assert "1 of 2 pages failed" in message and "http_error" in message
+    assert materialized(note) == {"source_pdf", "baseline_parse", "page_images"}  # rendered, but not parsed
+    assert not storage.exists(layout.page_parses(ids[0])) and not storage.exists(layout.structured_json(ids[0]))
+    assert label.success and check_results(label)["vlm_page_parses_failed_page_share"].passed
+    assert storage.exists(layout.quality(ids[1]))
 
 
 def test_the_page_budget_is_a_setting(tmp_path, storage, instance):
     """With a 60 % budget the same failed page (1 of 2) passes and the chain goes on."""
     first = pdf_with_pages(PROGRESS_NOTE)
-    ids = register_files(storage, instance, write_pdfs(tmp_path, {"note.pdf": first, "label.pdf": pdf_with_pages([LABEL])}))
-    model = TextLayerModel().learn(first).learn(pdf_with_pages([LABEL]))
+    (doc_id,) = register_files(storage, instance, write_pdfs(tmp_path, {"note.pdf": first}))
+    model = TextLayerModel().learn(first)
     with VllmDouble(model=MODEL, answer=model, faults=Faults(script=["500", "500", "500"])) as double:
         vllm = vllm_for(double.url, model=MODEL, max_concurrency=1, max_attempts=3)
-        result = run(instance, resources(storage, vllm, quality_targets=QualityTargets(max_failed_page_share=0.6)), tags=range_tags(ids))
-    assert check_results(result)["vlm_page_parses_failed_page_share"].passed
-    assert storage.exists(layout.structured_json(ids[0]))
+        result = run(instance, resources(storage, vllm, quality_targets=QualityTargets(max_failed_page_share=0.6)), partition_key=doc_id)
+    check = check_results(result)["vlm_page_parses_failed_page_share"]
+    assert check.passed and check.metadata["failed_page_share"].value == 0.5
+    document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)
+    assert document.failed_pages == [1]  # the lost page is on record in the document itself
 
 
 def test_a_text_page_that_comes_out_empty_fails_its_check(tmp_path, storage, instance):
@@ -187,21 +186,18 @@ def test_a_scanned_document_without_a_text_layer_warns_instead_of_passing(tmp_pa
     assert result.success  # WARN never blocks
 
 
-def test_a_rejected_upload_in_a_backfill_fails_the_source_check_but_not_the_others(tmp_path, storage, instance):
+def test_a_rejected_upload_fails_its_own_run_and_the_others_are_checked_as_usual(tmp_path, storage, instance):
     good = pdf_with_pages([LABEL])
     ids = register_files(
         storage, instance, write_pdfs(tmp_path, {"good.pdf": good, "portal.pdf": pdf_factory.html_renamed()})
     )
     with VllmDouble(model=MODEL, answer=TextLayerModel().learn(good)) as double:
-        result = run(instance, resources(storage, vllm_for(double.url, model=MODEL)), tags=range_tags(ids))
-    checks = check_results(result)
-    source = checks["source_pdf_is_valid"]
-    assert not source.passed and source.severity == AssetCheckSeverity.ERROR
-    assert ids[1] in source.description and "not_pdf" in source.description and "HTML" in source.description
-    # not blocking, and downstream checks skip the rejected document instead of failing again
-    for name in ("vlm_page_parses_failed_page_share", "parse_quality_match_score", "parse_quality_numeric_recall"):
-        assert checks[name].passed, name
-        assert checks[name].metadata["documents_skipped"].value == 1
+        good_run, portal_run = (run(instance, resources(storage, vllm_for(double.url, model=MODEL)), partition_key=doc_id) for doc_id in ids)
+    failure = next(e for e in portal_run.all_events if e.is_step_failure)
+    assert failure.step_key == "source_pdf" and "HTML" in failure.event_specific_data.error.message
+    assert failure.event_specific_data.user_failure_data.metadata["reason"].value == "not_pdf"
+    assert materialized(portal_run) == set() and check_results(portal_run) == {}
+    assert good_run.success and all(check.passed or check.severity == AssetCheckSeverity.WARN for check in check_results(good_run).values())
     assert storage.exists(layout.quality(ids[0]))
 
 

@@ -34,7 +34,8 @@ def test_run_json_reports_each_document_and_a_bad_file_never_stops_the_others(tm
     bad.write_bytes(pdf_factory.png_renamed())
     result = medkg(["run", str(bad), str(tmp_path / "missing.pdf"), str(good), "--json", "--data-dir", str(tmp_path / "d")], env)
     assert result.returncode == 1
-    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    by_name = {Path(line["source"]).name: line for line in map(json.loads, result.stdout.strip().splitlines())}
+    lines = [by_name["scan.pdf"], by_name["missing.pdf"], by_name["warfarin.pdf"]]  # printed as each finishes
     assert [line["status"] for line in lines] == ["failed", "failed", "ok"]
     for line in lines:
         assert {"document_id", "status", "pages", "pages_ok", "quality", "output", "error"} <= set(line)
@@ -68,4 +69,6 @@ def test_definitions_have_the_whole_chain():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"source_pdf", "page_images", "vlm_page_parses", "structured_document", "baseline_parse", "parse_quality"} <= keys
     assert defs.resolve_assets_def("vlm_page_parses").op.pool == "vllm"
-    assert defs.resolve_assets_def("source_pdf").backfill_policy.max_partitions_per_run == 10
+    assert defs.resolve_assets_def("page_images") is defs.resolve_assets_def("vlm_page_parses")  # one step: pages sent as rendered
+    for key in ("source_pdf", "vlm_page_parses", "structured_document", "baseline_parse", "parse_quality"):
+        assert defs.resolve_assets_def(key).backfill_policy.max_partitions_per_run == 1  # one document per run

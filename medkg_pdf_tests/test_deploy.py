@@ -574,6 +574,7 @@ def test_helm_values_agree_with_the_instance():
     assert daemon["runRetries"] == {
         "enabled": inst["run_retries"]["enabled"],
         "maxRetries": inst["run_retries"]["max_retries"],
+        "retryOnAssetOrOpFailure": inst["run_retries"]["retry_on_asset_or_op_failure"],
     }
     monitoring = inst["run_monitoring"]
     for helm_key, key in [

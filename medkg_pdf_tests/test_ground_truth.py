@@ -21,7 +21,7 @@ from medkg_pdf.assets import document_assets
 from medkg_pdf.samples import sample_pdfs
 from medkg_pdf.schemas import DocumentQuality, PageParses, PageStatus, StructuredDocument
 from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.quality_fixtures import range_tags, write_pdfs
+from medkg_pdf_tests.quality_fixtures import write_pdfs
 
 # Measured on 2026-11-23 in the /work/main dev container (CPU, rapidocr-onnxruntime 1.4, 150 DPI,
 # engine concurrency 2), identical in a run per document and in one backfill-style run of all four:
@@ -64,7 +64,7 @@ class Score:
 
 @pytest.fixture(scope="module")
 def scored(embedded_engine, tmp_path_factory):
-    """Run every sample through the real chain in one backfill-style run; score each against its truth."""
+    """Run every sample through the real chain, one run each as a backfill does; score each against its truth."""
     from dagster import DagsterInstance
 
     from medkg_pdf.resources.storage import LocalStorage
@@ -74,13 +74,9 @@ def scored(embedded_engine, tmp_path_factory):
     samples = sample_pdfs()
     with DagsterInstance.ephemeral() as instance:
         ids = register_files(storage, instance, write_pdfs(tmp_path, {s.name: s.data for s in samples}))
-        result = materialize(
-            document_assets,
-            instance=instance,
-            resources={"storage": storage, "vllm": vllm_for(embedded_engine.url), "inbox_s3": S3Resource(region_name="us-east-1"), "quality_targets": QualityTargets()},
-            tags=range_tags(ids),
-        )
-    assert result.success
+        resources = {"storage": storage, "vllm": vllm_for(embedded_engine.url), "inbox_s3": S3Resource(region_name="us-east-1"), "quality_targets": QualityTargets()}
+        results = [materialize(document_assets, instance=instance, resources=resources, partition_key=doc_id) for doc_id in ids]
+    assert all(result.success for result in results)
     scores, blank_pages, checked = {}, [], {}
     for sample, doc_id in zip(samples, ids):
         document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)

@@ -18,7 +18,7 @@ from medkg_pdf_tests.quality_fixtures import (
     check_results,
     materialized,
     pdf_with_pages,
-    range_tags,
+    run_each,
     resources,
     run,
     write_pdfs,
@@ -39,11 +39,10 @@ def test_a_prompt_change_that_swaps_two_doses_in_a_table_is_flagged_worse(tmp_pa
 
     with VllmDouble(model=MODEL, answer=version_1) as double:
         defs = resources(storage, vllm_for(double.url, model=MODEL, prompt_version="v1"))
-        assert run(instance, defs, tags=range_tags(ids)).success  # good enough to pass every gate
+        assert all(r.success for r in run_each(instance, defs, ids))  # good enough to pass every gate
 
         # a reviewer accepts both documents as they are now
-        accepted = run(instance, defs, [accepted_baseline], tags=range_tags(ids))
-        assert accepted.success
+        assert all(r.success for r in run_each(instance, defs, ids, [accepted_baseline]))
         for doc_id in ids:
             pointer = storage.read_model(layout.accepted_baseline(doc_id), AcceptedBaseline)
             assert (pointer.model, pointer.prompt_version) == (MODEL, "v1")
@@ -53,8 +52,8 @@ def test_a_prompt_change_that_swaps_two_doses_in_a_table_is_flagged_worse(tmp_pa
         # prompt v2 re-parses every page (new cache key) and answers the table differently
         double.answer = version_2
         defs_v2 = resources(storage, vllm_for(double.url, model=MODEL, prompt_version="v2"))
-        assert run(instance, defs_v2, tags=range_tags(ids)).success  # the text-layer gates cannot see the swap
-        result = run(instance, defs_v2, [*document_assets, regression_quality, *document_checks, regression_quality_no_document_worse], tags=range_tags(ids))
+        assert all(r.success for r in run_each(instance, defs_v2, ids))  # the text-layer gates cannot see the swap
+        dosing_run, note_run = run_each(instance, defs_v2, ids, [*document_assets, regression_quality, *document_checks, regression_quality_no_document_worse])
 
     dosing_id, note_id = ids
     swapped = storage.read_model(layout.regression(dosing_id), RegressionQuality)
@@ -65,10 +64,10 @@ def test_a_prompt_change_that_swaps_two_doses_in_a_table_is_flagged_worse(tmp_pa
     assert any("table cells agree 0.667" in reason for reason in swapped.reasons)
     assert storage.read_model(layout.regression(note_id), RegressionQuality).verdict == "unchanged"
 
-    check = check_results(result)["regression_quality_no_document_worse"]
-    assert not check.passed and check.severity == AssetCheckSeverity.WARN
-    assert dosing_id in check.description and note_id not in check.description
-    assert "regression_quality" in materialized(result)
+    check = check_results(dosing_run)["regression_quality_no_document_worse"]
+    assert not check.passed and check.severity == AssetCheckSeverity.WARN and dosing_id in check.description
+    assert check_results(note_run)["regression_quality_no_document_worse"].passed
+    assert "regression_quality" in materialized(dosing_run) and "regression_quality" in materialized(note_run)
 
 
 def test_a_document_without_an_accepted_baseline_is_reported_not_failed(tmp_path, storage, instance):

@@ -5,9 +5,12 @@ from dagster import materialize
 
 from medkg_pdf import layout
 from medkg_pdf.assets import page_images, source_pdf
+from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.schemas import PageImages
-from medkg_pdf_tests.conftest import register_files
+from medkg_pdf_tests.conftest import register_files, vllm_for
+
+UNUSED_SERVER = "http://127.0.0.1:9"  # page_images alone never calls the model server
 
 
 def _render(tmp_path, instance, pdf, name: str, workers: int):
@@ -16,9 +19,9 @@ def _render(tmp_path, instance, pdf, name: str, workers: int):
     storage = LocalStorage(root=str(tmp_path / name))
     (doc_id,) = register_files(storage, instance, [pdf])
     result = materialize(
-        [source_pdf, page_images], partition_key=doc_id, instance=instance,
-        resources={"storage": storage, "inbox_s3": S3Resource()},
-        run_config={"ops": {"page_images": {"config": {"workers": workers, "parallel_min_pages": 1}}}},
+        [source_pdf, page_images], partition_key=doc_id, instance=instance, selection=["source_pdf", "page_images"],
+        resources={"storage": storage, "inbox_s3": S3Resource(), "vllm": vllm_for(UNUSED_SERVER), "quality_targets": QualityTargets()},
+        run_config={"ops": {"page_images_and_parses": {"config": {"workers": workers, "parallel_min_pages": 1}}}},
     )  # fmt: skip
     assert result.success
     manifest = storage.read_model(layout.page_images(doc_id), PageImages)

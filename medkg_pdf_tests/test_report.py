@@ -21,7 +21,7 @@ from medkg_pdf_tests.quality_fixtures import (
     check_results,
     drop_digits,
     pdf_with_pages,
-    range_tags,
+    run_each,
     resources,
     run,
     write_pdfs,
@@ -42,7 +42,7 @@ def test_the_report_writes_tables_and_plots_and_shows_the_worst_documents_first(
     good_id, numbers_id, rejected_id = ids
     with VllmDouble(model=MODEL, answer=model) as double:
         defs = resources(storage, vllm_for(double.url, model=MODEL))
-        run(instance, defs, tags=range_tags(ids))  # fails its numeric gate, on purpose
+        run_each(instance, defs, ids)  # fails its numeric gate, on purpose
         result = run(instance, defs, [quality_report, quality_report_slos])
     assert result.success
 

@@ -21,7 +21,7 @@ from medkg_pdf_tests.quality_fixtures import (
     TextLayerModel,
     check_results,
     pdf_with_pages,
-    range_tags,
+    run_each,
     resources,
     run,
     write_pdfs,
@@ -121,7 +121,7 @@ def test_a_slow_model_server_breaks_the_latency_slo(tmp_path, storage, instance)
     ids = register_files(storage, instance, write_pdfs(tmp_path, pdfs))
     with VllmDouble(model=MODEL, answer=model, faults=Faults(latency_s=1.0)) as double:  # every page takes >= 1 s
         vllm = vllm_for(double.url, model=MODEL, max_concurrency=1)
-        assert run(instance, resources(storage, vllm), tags=range_tags(ids)).success
+        assert all(r.success for r in run_each(instance, resources(storage, vllm), ids))
     defs = resources(storage, vllm)
     at_defaults, strict = report_and_slos(
         instance, defs, latency_p50_s=0.5, latency_p95_s=0.6, latency_p99_s=0.7, throughput_per_h=1e7
@@ -141,7 +141,7 @@ def test_a_rejected_document_breaks_the_error_rate_slo(tmp_path, storage, instan
     ids = register_files(storage, instance, write_pdfs(tmp_path, {"good.pdf": good, "bad.pdf": pdf_factory.html_renamed()}))
     with VllmDouble(model=MODEL, answer=TextLayerModel().learn(good)) as double:
         defs = resources(storage, vllm_for(double.url, model=MODEL))
-        run(instance, defs, tags=range_tags(ids))
+        run_each(instance, defs, ids)
         result = run(instance, defs, [quality_report, quality_report_slos])
     errors = check_results(result)["slo_error_rate"]
     assert not errors.passed and errors.severity == AssetCheckSeverity.ERROR

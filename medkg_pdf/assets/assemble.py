@@ -4,7 +4,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import current_source, document_retry_policy, require_version, run_document
+from medkg_pdf.assets.common import current_source, require_version, run_document
 from medkg_pdf.markdown_blocks import markdown_to_blocks
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
@@ -84,7 +84,6 @@ def to_markdown(document: StructuredDocument) -> str:
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
-    retry_policy=document_retry_policy,
     group_name="documents",
     deps=["vlm_page_parses"],
     kinds={"json", "markdown"},

@@ -5,7 +5,7 @@ import pymupdf
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import current_source, document_retry_policy, run_document
+from medkg_pdf.assets.common import current_source, run_document
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import BaselinePage, BaselineParse
@@ -24,7 +24,6 @@ def extract_baseline(pdf: bytes, document_id: str, sha256: str) -> BaselineParse
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
-    retry_policy=document_retry_policy,
     group_name="documents",
     deps=["source_pdf"],
     kinds={"json"},

@@ -7,10 +7,11 @@ run (`BackfillPolicy.multi_run(1)`, see `partitions.py`); a step handed several 
 before touching any of them. A document that cannot go on raises `DocumentError`: the step fails
 with the reason (what the UI shows for that partition), and a quarantine record says whether the
 failure is permanent (never retried automatically) or transient. Transient failures are retried
-three ways, each wider than the one before: the model client's own request retries, this step's
-`RetryPolicy` (exponential backoff, in the same run), then the reconciliation schedule at the
-record's `next_attempt_at` (exponential backoff over runs) until `MAX_FAILED_RUNS`, after which
-the record is a dead letter for an operator.
+three ways, each wider than the one before: the model client's own request retries, the step's
+own retries (`RetryRequested` with exponential backoff, in the same run), then the reconciliation schedule at the
+record's `next_attempt_at` (exponential backoff over runs) until `MAX_FAILED_ATTEMPTS`, after
+which the record is a dead letter for an operator. Every failed attempt is recorded at once, so
+the record is right even when the process dies before a retry.
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MaterializeResult, RetryPolicy
+from dagster import AssetExecutionContext, Failure, MaterializeResult, RetryRequested
 
 from medkg_pdf import layout
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import QuarantineRecord, SourceInfo, SourceRef, utc_now
 
+# A transient failure is retried in the same run after 5 s, then 10 s; a permanent one, or the last
+# attempt, raises Failure(allow_retries=False) with the document's own reason (a RetryPolicy would
+# replace it by "Exceeded max_retries" and could not tell permanent from transient).
 MAX_STEP_RETRIES = 2
-# Step retries: 5 s, then 10 s (+-jitter) after a transient failure; permanent ones raise
-# Failure(allow_retries=False), which Dagster never retries.
-document_retry_policy = RetryPolicy(max_retries=MAX_STEP_RETRIES, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+STEP_RETRY_DELAY_S = 5.0
 
-MAX_FAILED_RUNS = 4  # runs of one source version that may fail transiently before it is a dead letter
+ATTEMPTS_PER_RUN = MAX_STEP_RETRIES + 1
+MAX_FAILED_ATTEMPTS = 4 * ATTEMPTS_PER_RUN  # transient failures of one source version before it is a dead letter
 RECONCILE_BACKOFF = timedelta(minutes=15)  # doubled after every failed run
 RECONCILE_BACKOFF_MAX = timedelta(hours=6)
 
@@ -43,19 +46,20 @@ class DocumentError(Exception):
         self.reason = reason
 
 
-def next_attempt(at: datetime, failed_runs: int) -> datetime:
-    return at + min(RECONCILE_BACKOFF * 2 ** max(0, failed_runs - 1), RECONCILE_BACKOFF_MAX)
+def next_attempt(at: datetime, failed_attempts: int) -> datetime:
+    runs = max(1, -(-failed_attempts // ATTEMPTS_PER_RUN))
+    return at + min(RECONCILE_BACKOFF * 2 ** (runs - 1), RECONCILE_BACKOFF_MAX)
 
 
 def quarantine(storage: DocumentStorage, document_id: str, stage: str, error: DocumentError, run_id: str | None = None) -> QuarantineRecord:
-    """Record a document's final failure for this run; repeated transient failures of one version count up."""
+    """Record a document's failure; repeated transient failures of one source version count up."""
     ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
     registered_at = ref.arrived_at if ref is not None else None
     earlier = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
     same_version = earlier is not None and earlier.registered_at == registered_at
-    failed_runs = earlier.failed_runs + 1 if same_version and earlier.retryable else 1
+    failed_attempts = earlier.failed_attempts + 1 if same_version and earlier.retryable else 1
     now = utc_now()
-    dead_letter = error.retryable and failed_runs >= MAX_FAILED_RUNS
+    dead_letter = error.retryable and failed_attempts >= MAX_FAILED_ATTEMPTS
     record = QuarantineRecord(
         document_id=document_id,
         stage=stage,
@@ -64,8 +68,8 @@ def quarantine(storage: DocumentStorage, document_id: str, stage: str, error: Do
         retryable=error.retryable,
         at=now.isoformat(),
         registered_at=registered_at,
-        failed_runs=failed_runs,
-        next_attempt_at=next_attempt(now, failed_runs) if error.retryable and not dead_letter else None,
+        failed_attempts=failed_attempts,
+        next_attempt_at=next_attempt(now, failed_attempts) if error.retryable and not dead_letter else None,
         dead_letter=dead_letter,
         run_id=run_id,
     )
@@ -130,27 +134,37 @@ def the_document(context: AssetExecutionContext) -> str:
     return keys[0]
 
 
-def fail_document(context: AssetExecutionContext, storage: DocumentStorage, stage: str, document_id: str, error: DocumentError) -> Failure:
-    """Quarantine on the run's last attempt (or at once when permanent) and say everything in the failure."""
+def fail_document(
+    context: AssetExecutionContext, storage: DocumentStorage, stage: str, document_id: str, error: DocumentError
+) -> Failure | RetryRequested:
+    """Quarantine the document and say everything in the step's failure (what the UI shows), or retry it."""
     earlier = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
     if error.reason == "upstream_missing" and earlier is not None and earlier.stage != stage:
-        # keep the first stage's reason: that is what a person needs to read
-        error = DocumentError(f"skipped: {earlier.stage} failed: {earlier.message}", retryable=earlier.retryable, reason=earlier.reason)
-    final = not error.retryable or context.retry_number >= MAX_STEP_RETRIES
+        # the first stage's record and reason stand: that is what a person needs to read
+        error = DocumentError(f"skipped: {earlier.stage} failed: {earlier.message}", retryable=False, reason=earlier.reason)
+        record = earlier
+    else:
+        record = quarantine(storage, document_id, stage, error, run_id=context.run_id)
     metadata: dict[str, Any] = {
         "document_id": document_id,
         "stage": stage,
         "reason": error.reason,
         "permanent": not error.retryable,
         "step_attempt": context.retry_number + 1,
+        "failed_attempts": record.failed_attempts,
+        "dead_letter": record.dead_letter,
     }
-    if final:
-        record = quarantine(storage, document_id, stage, error, run_id=context.run_id)
-        metadata.update(failed_runs=record.failed_runs, dead_letter=record.dead_letter)
-        if record.next_attempt_at is not None:
-            metadata["next_attempt_at"] = record.next_attempt_at.isoformat()
+    if record.next_attempt_at is not None:
+        metadata["next_attempt_at"] = record.next_attempt_at.isoformat()
+    failure = Failure(description=f"{stage} failed for document {document_id}: {error}", metadata=metadata, allow_retries=False)
+    if error.retryable and context.retry_number < MAX_STEP_RETRIES:
+        delay = STEP_RETRY_DELAY_S * 2**context.retry_number
+        context.log.warning(f"{stage} failed for document {document_id} (transient, retried in {delay:.0f} s): {error}")
+        retry = RetryRequested(max_retries=MAX_STEP_RETRIES, seconds_to_wait=delay)
+        retry.__cause__ = failure
+        return retry
     context.log.error(f"{stage} failed for document {document_id}: {error}")
-    return Failure(description=f"{stage} failed for document {document_id}: {error}", metadata=metadata, allow_retries=error.retryable)
+    return failure
 
 
 def run_document(

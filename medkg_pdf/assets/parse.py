@@ -20,12 +20,11 @@ from medkg_pdf.assets.common import (
     DocumentError,
     clear_quarantine,
     current_source,
-    document_retry_policy,
     fail_document,
     require_version,
     the_document,
 )
-from medkg_pdf.assets.render import RenderConfig, iter_rendered
+from medkg_pdf.assets.render import RenderConfig, iter_rendered, render_processes
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
@@ -68,7 +67,7 @@ def reusable_manifest(storage: DocumentStorage, document_id: str, sha256: str, c
 def failed_pages_error(parses: list[PageParse], max_share: float) -> DocumentError | None:
     """The one failed-page policy, whatever launched the run: over the budget, the document fails."""
     failed = [parse for parse in parses if not parse.status.usable]
-    if not failed or len(failed) <= max_share * len(parses):
+    if not failed or len(failed) / len(parses) <= max_share:  # the same rule as the blocking check
         return None
     listing = "; ".join(f"page {p.page_index + 1}: {p.status.value} ({p.error})" for p in failed[:10])
     permanent = all(parse.status in PERMANENT_PAGE_STATUSES for parse in failed)
@@ -101,7 +100,6 @@ def failed_pages_error(parses: list[PageParse], max_share: float) -> DocumentErr
     ],
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
-    retry_policy=document_retry_policy,
     can_subset=True,
     pool="vllm",
 )
@@ -200,6 +198,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
                     "dpi": config.dpi,
                     "png_mb": round(sum(image.png_bytes for image in ordered) / 2**20, 2),
                     "reused_from_earlier_attempt": rendered["reused"],
+                    "render_processes": 0 if rendered["reused"] else render_processes(config, info.page_count),
                     "render_and_parse_s": round(seconds, 3),
                 },
             )

@@ -6,7 +6,7 @@ from collections import Counter
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from medkg_pdf import layout, metrics
-from medkg_pdf.assets.common import current_source, document_retry_policy, require_version, run_document
+from medkg_pdf.assets.common import current_source, require_version, run_document
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import BaselineParse, DocumentQuality, PageQuality, StructuredDocument
@@ -71,7 +71,6 @@ def _page_table(quality: DocumentQuality) -> str:
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
-    retry_policy=document_retry_policy,
     group_name="documents",
     deps=["structured_document", "baseline_parse"],
     kinds={"json"},

@@ -6,7 +6,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from medkg_pdf import layout
-from medkg_pdf.assets.common import DocumentError, document_retry_policy, require, run_document
+from medkg_pdf.assets.common import DocumentError, require, run_document
 from medkg_pdf.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import SourceInfo, SourceRef
@@ -22,7 +22,6 @@ class SourceConfig(Config):
 @asset(
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
-    retry_policy=document_retry_policy,
     group_name="documents",
     kinds={"pdf"},
     description="The raw PDF, validated (magic bytes, size, opens, not encrypted, page cap) and stored as-is.",
