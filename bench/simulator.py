@@ -7,12 +7,16 @@ The engine behaves like vLLM's scheduler, reduced to what decides throughput and
   one token; a request is done after its `tokens` steps (drawn from [tokens, tokens_max] when
   `tokens_max` is set, from a seeded generator), or `max_tokens` of the request if smaller
   (finish_reason "length");
-* a waiting request joins the batch at the next step boundary (prefill is not modelled).
+* a waiting request joins the batch at the next step boundary. Prefill is not modelled unless
+  `prefill_s_per_token` > 0: then the step that admits requests lasts that much longer per prompt
+  token admitted (the page image's tokens, 28-px patches as Qwen2.5-VL counts them: ~2.7k for a
+  letter page at 150 DPI; or a fixed `prompt_tokens`), which delays every running request too.
 
 So at a full batch it finishes requests at the *ideal* rate
 
     max_num_seqs / (mean tokens * (step_base_s + step_per_seq_s * max_num_seqs))   requests/s
 
+(with prefill: one page per `mean tokens * full step / max_num_seqs + prefill seconds of a page`),
 which `SimParams.ideal_rps` computes and the server prints when it starts. Steps run on a
 continuous timeline while the engine is busy (a late wake-up of the event loop is caught up on the
 next step, at most one step's worth), so the simulator's own scheduling jitter stays out of the
@@ -54,6 +58,7 @@ from medkg_pdf_tests.vllm_double import first_image_url
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the production default: a plain-markdown profile
 IMAGE_PATCH_PX = 28
+LETTER_150DPI_TOKENS = math.ceil(1275 / IMAGE_PATCH_PX) * math.ceil(1650 / IMAGE_PATCH_PX)  # 8.5 x 11 in at 150 DPI: 2714
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class SimParams:
     max_model_len: int = 32768
     seed: int = 0
     answer: str | None = None  # the markdown of every answer; None: a line naming the image
+    prefill_s_per_token: float = 0.0  # extra step time per prompt token admitted; 0: prefill not modelled
+    prompt_tokens: int | None = None  # prompt tokens of every request; None: from the image size (+ text)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.tokens < 1:
@@ -75,6 +82,8 @@ class SimParams:
             raise ValueError("step times must be >= 0 and not both 0")
         if self.tokens_max is not None and self.tokens_max < self.tokens:
             raise ValueError("tokens_max must be >= tokens")
+        if self.prefill_s_per_token < 0 or (self.prompt_tokens is not None and self.prompt_tokens < 1):
+            raise ValueError("prefill_s_per_token must be >= 0 and prompt_tokens >= 1")
 
     def step_s(self, running: int) -> float:
         return self.step_base_s + self.step_per_seq_s * running
@@ -84,9 +93,16 @@ class SimParams:
         return self.tokens if self.tokens_max is None else (self.tokens + self.tokens_max) / 2
 
     @property
+    def prefill_s(self) -> float:
+        """Prefill seconds of one page: `prompt_tokens`, else a letter page at 150 DPI."""
+        return self.prefill_s_per_token * (self.prompt_tokens or LETTER_150DPI_TOKENS)
+
+    @property
     def ideal_rps(self) -> float:
-        """Requests (pages) per second with the batch always full."""
-        return self.max_num_seqs / (self.mean_tokens * self.step_s(self.max_num_seqs))
+        """Requests (pages) per second with the batch always full (each admission pays its prefill)."""
+        if not self.prefill_s_per_token:
+            return self.max_num_seqs / (self.mean_tokens * self.step_s(self.max_num_seqs))
+        return 1 / (self.mean_tokens * self.step_s(self.max_num_seqs) / self.max_num_seqs + self.prefill_s)
 
     def latency_s(self, running: int, tokens: float | None = None) -> float:
         """Service time of one request in a steady batch of `running` (no queueing)."""
@@ -102,7 +118,7 @@ class SimParams:
     @classmethod
     def parser(cls) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        kinds = {"tokens_max": int, "answer": str}
+        kinds = {"tokens_max": int, "answer": str, "prompt_tokens": int}
         for name, value in asdict(cls()).items():
             parser.add_argument(f"--{name.replace('_', '-')}", type=kinds.get(name, type(value)), default=value)
         parser.add_argument("--host", default="127.0.0.1")
@@ -123,6 +139,7 @@ class Sequence:
     finish_reason: str
     future: asyncio.Future
     arrived: float
+    prompt_tokens: int = 0
     remaining: int = 0
     started: float | None = None
 
@@ -139,6 +156,8 @@ class EngineStats:
     full_steps: int = 0  # steps with max_num_seqs running
     seq_steps: int = 0  # sum over steps of the running batch size = tokens generated
     busy_s: float = 0.0
+    prompt_tokens: int = 0  # admitted
+    prefill_s: float = 0.0  # part of busy_s
     max_running: int = 0
     max_waiting: int = 0
     queue_s_total: float = 0.0
@@ -169,14 +188,15 @@ class Engine:
         self._rng = random.Random(params.seed)
         self._wake: asyncio.Event | None = None
 
-    def submit(self, max_tokens: int | None = None) -> Sequence:
+    def submit(self, max_tokens: int | None = None, prompt_tokens: int = 0) -> Sequence:
         loop = asyncio.get_running_loop()
         p = self.params
         tokens = p.tokens if p.tokens_max is None else self._rng.randint(p.tokens, p.tokens_max)
         finish = "stop"
         if max_tokens is not None and max_tokens < tokens:
             tokens, finish = max_tokens, "length"
-        seq = Sequence(tokens=tokens, finish_reason=finish, future=loop.create_future(), arrived=loop.time())
+        seq = Sequence(tokens=tokens, finish_reason=finish, future=loop.create_future(), arrived=loop.time(),
+                       prompt_tokens=p.prompt_tokens or prompt_tokens)
         self.waiting.append(seq)
         self.stats.requests += 1
         if self.stats.first_arrival is None:
@@ -186,7 +206,9 @@ class Engine:
             self._wake.set()
         return seq
 
-    def _admit(self, now: float) -> None:
+    def _admit(self, now: float) -> int:
+        """Move waiting requests into the batch; returns the prompt tokens admitted (to prefill)."""
+        admitted = 0
         while self.waiting and len(self.running) < self.params.max_num_seqs:
             seq = self.waiting.popleft()
             if seq.future.done():  # the client went away while waiting: vLLM aborts it
@@ -195,7 +217,9 @@ class Engine:
             seq.started = now
             self.stats.queue_s_total += now - seq.arrived
             self.running.append(seq)
+            admitted += seq.prompt_tokens
         self.stats.max_running = max(self.stats.max_running, len(self.running))
+        return admitted
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -206,11 +230,12 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 timeline = loop.time()
-            self._admit(loop.time())
+            admitted = self._admit(loop.time())  # prompt tokens to prefill in this step
+            prefill = self.params.prefill_s_per_token * admitted
             if not self.running:
                 continue
             n = len(self.running)
-            duration = self.params.step_s(n)
+            duration = self.params.step_s(n) + prefill
             # a continuous timeline while busy; a late wake-up is caught up by at most one step
             start = max(timeline, loop.time() - duration)
             end = start + duration
@@ -220,6 +245,8 @@ class Engine:
             stats.steps += 1
             stats.seq_steps += n
             stats.busy_s += duration
+            stats.prefill_s += prefill
+            stats.prompt_tokens += admitted
             stats.full_steps += n == self.params.max_num_seqs
             still = []
             for seq in self.running:
@@ -359,7 +386,7 @@ def create_app(params: SimParams):
             req = parse_chat(body, params)
         except BadRequest as error:
             return _error(error.status, error.message, error.kind)
-        seq = engine.submit(req["max_tokens"])
+        seq = engine.submit(req["max_tokens"], req["prompt_tokens"])
         try:
             timing = await seq.future
         finally:
@@ -413,7 +440,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"vLLM simulator on http://{ns.host}:{port}: max_num_seqs={params.max_num_seqs}, step={params.step_base_s * 1e3:.2f} ms"
         f" + {params.step_per_seq_s * 1e3:.3f} ms/seq ({full * 1e3:.2f} ms at a full batch), {params.mean_tokens:g} tokens/answer"
-        f" -> ideal {params.ideal_rps:.2f} requests/s at a full batch",
+        + (f", prefill {params.prefill_s_per_token * 1e3:.3f} ms/prompt token ({params.prefill_s:.3f} s a "
+           f"{params.prompt_tokens or LETTER_150DPI_TOKENS}-token page)" if params.prefill_s_per_token else "")
+        + f" -> ideal {params.ideal_rps:.2f} requests/s at a full batch",
         flush=True,
     )
     print(json.dumps({"port": port, "ideal_rps": params.ideal_rps, "params": asdict(params)}), flush=True)

@@ -24,7 +24,7 @@ READ_WORKERS = 16
 
 DOCUMENT_COLUMNS = [
     "document_id", "name", "uri", "arrived_at", "completed_at", "failed_at",
-    "failure_stage", "failure_reason", "failure_message",
+    "failure_stage", "failure_reason", "failure_message", "failure_class", "failed_attempts", "next_attempt_at",
     "match_score", "word_f1", "numeric_recall", "edit_similarity", "pages_compared",
 ]  # fmt: skip
 DETAIL_COLUMNS = [
@@ -74,6 +74,10 @@ def _document_row(storage: DocumentStorage, document_id: str) -> dict[str, Any] 
             failure_stage=quarantined.stage,
             failure_reason=quarantined.reason,
             failure_message=quarantined.message[:500],
+            # permanent: never retried automatically; transient: retried at next_attempt_at; dead_letter: out of attempts
+            failure_class="dead_letter" if quarantined.dead_letter else "transient" if quarantined.retryable else "permanent",
+            failed_attempts=quarantined.failed_attempts,
+            next_attempt_at=quarantined.next_attempt_at,
         )
     return row
 
@@ -82,7 +86,7 @@ def load_documents(storage: DocumentStorage) -> pd.DataFrame:
     """One row per registered document: arrival, completion, failure and its quality scores."""
     rows = [row for row in _map(lambda d: _document_row(storage, d), document_ids(storage)) if row is not None]
     frame = pd.DataFrame(rows, columns=DOCUMENT_COLUMNS)
-    for column in ("arrived_at", "completed_at", "failed_at"):
+    for column in ("arrived_at", "completed_at", "failed_at", "next_attempt_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
     return frame
 

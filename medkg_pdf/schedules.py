@@ -142,7 +142,7 @@ def build_reconciliation_schedule(
         ),
     )
     def reconciliation_schedule(context: ScheduleEvaluationContext, storage: DocumentStorage):
-        found = reconcile(context.instance, storage, max_runs_per_tick)
+        found = reconcile(context.instance, storage, max_runs_per_tick, now=context.scheduled_execution_time)
         summary = (
             f"{found.done} done, {found.in_progress} in progress, {found.missing} never materialized, "
             f"{found.failed} failed and due, {found.waiting} waiting for their next attempt, "

@@ -53,6 +53,7 @@ def test_the_report_writes_tables_and_plots_and_shows_the_worst_documents_first(
     assert by_id.loc[good_id, "status"] == "completed" and by_id.loc[good_id, "match_score"] == 1.0
     assert by_id.loc[numbers_id, "numeric_recall"] == 0.0
     assert by_id.loc[rejected_id, "status"] == "failed" and by_id.loc[rejected_id, "failure_reason"] == "not_pdf"
+    assert by_id.loc[rejected_id, "failure_class"] == "permanent"  # never retried automatically
     assert by_id.loc[good_id, "structured_json"] == storage.uri(layout.structured_json(good_id))
     for name in ("scores.png", "latency.png"):
         assert storage.read_bytes(layout.quality_report(pointer.day, name)).startswith(b"\x89PNG\r\n\x1a\n")

@@ -1,18 +1,17 @@
 """The reconciliation schedule, on a real instance where the chain ran (or not) for each document.
 
-Documents, in registration order, and what the schedule must do with them:
+Documents, in registration order, and what the schedule must do with them an hour later:
 
-* `done`: materialized                                            -> nothing
-* `broken`: an HTML page named .pdf, quarantined as not retryable -> nothing
-* `never`: registered, no run ever started (a lost sensor tick)    -> a run
-* `gone`: its run failed, source unreadable (retryable)           -> a run
-* `batch-ok` and `batch-gone`: one multi-document step (as in a backfill); Dagster reports both
-  partitions materialized, but `batch-gone` is quarantined with a retryable reason -> a run for it
+* `done`: materialized                                                    -> nothing
+* `broken`: an HTML page named .pdf, failed permanently                   -> nothing
+* `never`: registered, no run ever started (a lost sensor tick)            -> a run, first
+* `gone`: its file was deleted before its run (source missing, permanent)  -> nothing
+* `outage`: its run met a model server that was down (transient)          -> a run, once due
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from dagster import RunRequest, SkipReason, build_schedule_context, instance_for_test, materialize
@@ -30,7 +29,7 @@ from medkg_pdf_tests import pdf_factory
 from medkg_pdf_tests.conftest import vllm_for
 from medkg_pdf_tests.vllm_double import VllmDouble
 
-TICK = datetime(2025, 3, 1, 10, 17, tzinfo=timezone.utc)
+TICK = (datetime.now(timezone.utc) + timedelta(hours=1)).replace(second=0, microsecond=0)  # the outage's retry is due
 
 
 @pytest.fixture
@@ -49,8 +48,7 @@ def history(tmp_path, storage, persistent_instance):
         "broken": pdf_factory.html_renamed(),
         "never": pdf_factory.text_pdf(["Registered, then the daemon went down"]),
         "gone": pdf_factory.text_pdf(["Deleted before its run"]),
-        "batch-ok": pdf_factory.text_pdf(["Ibuprofen 400 mg"]),
-        "batch-gone": pdf_factory.text_pdf(["Deleted before the backfill"]),
+        "outage": pdf_factory.text_pdf(["Parsed while the model server was down"]),
     }
     ids = {}
     for name, data in files.items():
@@ -61,24 +59,18 @@ def history(tmp_path, storage, persistent_instance):
         instance.add_dynamic_partitions(documents.name, [ref.document_id])
         ids[name] = ref.document_id
     (tmp_path / "gone.pdf").unlink()
-    (tmp_path / "batch-gone.pdf").unlink()
 
     with VllmDouble(model="medkg-embedded-ocr") as double:
-        resources = {"storage": storage, "vllm": vllm_for(double.url), "inbox_s3": S3Resource(region_name="us-east-1"), "quality_targets": QualityTargets()}
+        url = double.url
+        resources = {"storage": storage, "vllm": vllm_for(url), "inbox_s3": S3Resource(region_name="us-east-1"), "quality_targets": QualityTargets()}
 
-        def run(**kwargs):
-            return materialize(document_assets, instance=instance, resources=resources, raise_on_error=False, **kwargs)
+        def run(document_id, **changes):
+            return materialize(document_assets, instance=instance, resources={**resources, **changes}, raise_on_error=False, partition_key=document_id)
 
-        assert run(partition_key=ids["done"]).success
-        assert not run(partition_key=ids["broken"]).success
-        assert not run(partition_key=ids["gone"]).success
-        batch = run(
-            tags={
-                "dagster/asset_partition_range_start": ids["batch-ok"],
-                "dagster/asset_partition_range_end": ids["batch-gone"],
-            }
-        )
-        assert batch.success  # one bad document does not fail a multi-document step
+        assert run(ids["done"]).success
+        assert not run(ids["broken"]).success
+        assert not run(ids["gone"]).success
+    assert not run(ids["outage"], vllm=vllm_for(url)).success  # the double is gone now
     return ids
 
 
@@ -89,22 +81,29 @@ def tick(instance, storage, schedule=reconciliation_schedule):
         return schedule(context)
 
 
-def test_requests_only_documents_whose_chain_is_missing_or_failed(history, persistent_instance, storage):
+def test_requests_only_documents_whose_chain_is_missing_or_failed_transiently(history, persistent_instance, storage):
     requests = tick(persistent_instance, storage)
 
-    assert [r.partition_key for r in requests] == [history["never"], history["gone"], history["batch-gone"]]
+    assert [r.partition_key for r in requests] == [history["never"], history["outage"]]
     for request in requests:
         assert isinstance(request, RunRequest)
         assert request.asset_selection == DOCUMENT_CHAIN and request.tags["medkg/trigger"] == "reconcile"
-        assert request.run_key == f"reconcile:{request.partition_key}:20250301T1017"
+        assert request.run_key == f"reconcile:{request.partition_key}:{TICK.strftime('%Y%m%dT%H%M')}"
 
 
-def test_the_cap_takes_the_oldest_first_and_leaves_the_rest_for_later(history, persistent_instance, storage):
-    capped = build_reconciliation_schedule(max_runs_per_tick=2)
+def test_a_transient_failure_waits_for_its_next_attempt(history, persistent_instance, storage):
+    with build_schedule_context(instance=persistent_instance, resources={"storage": storage}, scheduled_execution_time=datetime.now(timezone.utc)) as context:
+        requests = reconciliation_schedule(context)
+
+    assert [r.partition_key for r in requests] == [history["never"]]
+
+
+def test_the_cap_takes_the_most_overdue_first_and_leaves_the_rest_for_later(history, persistent_instance, storage):
+    capped = build_reconciliation_schedule(max_runs_per_tick=1)
 
     requests = tick(persistent_instance, storage, capped)
 
-    assert [r.partition_key for r in requests] == [history["never"], history["gone"]]
+    assert [r.partition_key for r in requests] == [history["never"]]
 
 
 def test_a_reupload_of_a_broken_document_is_retried(history, persistent_instance, storage):

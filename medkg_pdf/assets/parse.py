@@ -102,6 +102,8 @@ def failed_pages_error(parses: list[PageParse], max_share: float) -> DocumentErr
     backfill_policy=document_backfill_policy,
     can_subset=True,
     pool="vllm",
+    # ahead of baseline_parse, which needs only source_pdf too: the model server gets the pages first
+    op_tags={"dagster/priority": "10"},
 )
 def page_images_and_parses(
     context: AssetExecutionContext,

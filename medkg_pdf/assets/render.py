@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
 import pymupdf
 from dagster import Config, ConfigurableResource
@@ -73,6 +74,16 @@ def ink_ratio(pix: pymupdf.Pixmap) -> float:
     return float(np.count_nonzero(samples < INK_LEVEL)) / max(1, samples.size)
 
 
+def encode_png(pix: pymupdf.Pixmap) -> bytes:
+    """PNG of an RGB pixmap. OpenCV encodes without holding the GIL (PyMuPDF's tobytes holds it for
+    the ~0.1 s of a page), so the requests and other documents go on while a page is encoded."""
+    rgb = np.frombuffer(pix.samples_mv, dtype=np.uint8).reshape(pix.height, pix.width, 3)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise DocumentError(f"page image {pix.width}x{pix.height} could not be encoded as PNG", reason="render_failed")
+    return png.tobytes()
+
+
 def render_page(page: pymupdf.Page, key: str, dpi: int, max_bytes: int) -> RenderedPage:
     """Render at `dpi`; if the PNG is over `max_bytes`, shrink until it fits (huge pages exist)."""
     scale = dpi / 72
@@ -83,7 +94,7 @@ def render_page(page: pymupdf.Page, key: str, dpi: int, max_bytes: int) -> Rende
         scale *= math.sqrt(max_pixels / area)
     for _ in range(8):
         pix = page.get_pixmap(matrix=pymupdf.Matrix(scale, scale), alpha=False, colorspace=pymupdf.csRGB)
-        png = pix.tobytes("png")
+        png = encode_png(pix)
         if len(png) <= max_bytes:
             break
         scale *= math.sqrt(max_bytes / len(png)) * 0.9

@@ -136,7 +136,7 @@ def worst_table(cohort: pd.DataFrame) -> str:
     ).sort_values(["_failed", "_score"], ascending=[False, True])
     for _, row in ranked.head(WORST_DOCUMENTS).iterrows():
         links = [f"[{label}]({row[column]})" for label, column in (("json", "structured_json"), ("md", "structured_md"), ("quality", "quality_json")) if isinstance(row[column], str)]
-        status = row["status"] if row["status"] != "failed" else f"failed at {row['failure_stage']}: {row['failure_reason']}"
+        status = row["status"] if row["status"] != "failed" else f"failed at {row['failure_stage']}: {row['failure_reason']} ({row['failure_class']})"
         rows.append(
             f"| `{row['document_id']}` | {status} | {_num(row['match_score'])} | {_num(row['numeric_recall'])} | "
             f"{_num(row['pages_failed'], '{:.0f}')} | {row['regression_verdict'] if isinstance(row['regression_verdict'], str) else ''} | "

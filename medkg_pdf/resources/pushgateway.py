@@ -6,8 +6,6 @@ from dagster import ConfigurableResource
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
-from medkg_pdf import prometheus
-
 
 class PushgatewayResource(ConfigurableResource):
     url: str | None = Field(default=None, description="e.g. http://pushgateway:9091 (MEDKG_PUSHGATEWAY_URL); unset: no push.")
@@ -22,5 +20,7 @@ class PushgatewayResource(ConfigurableResource):
         """Push and return the group URL, or None when no gateway is configured."""
         if not self.url:
             return None
+        from medkg_pdf import prometheus  # pandas and the metric families load only when a report is pushed
+
         prometheus.push(registry, self.url, job=self.job, timeout_s=self.timeout_s)
         return f"{self.url.rstrip('/')}/metrics/job/{self.job}"

@@ -7,11 +7,13 @@ minutes, and an operator can tighten or relax a gate in the resource config with
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from medkg_pdf.slo import SloTargets
+if TYPE_CHECKING:
+    from medkg_pdf.slo import SloTargets
 
 
 class QualityTargets(ConfigurableResource):
@@ -33,6 +35,8 @@ class QualityTargets(ConfigurableResource):
     window_h: float = Field(default=24.0, gt=0, description="The rolling SLO window, by arrival time.")
 
     def slo(self) -> SloTargets:
+        from medkg_pdf.slo import SloTargets  # pandas loads only where SLOs are computed
+
         return SloTargets(
             latency_p50_s=self.latency_p50_s,
             latency_p95_s=self.latency_p95_s,
