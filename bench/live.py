@@ -45,11 +45,10 @@ def describe(params: SimParams, in_flight: int | None = None) -> str:
 def page_pdf(index: int, pages: int) -> bytes:
     """A letter-size PDF whose pages carry the common lines plus one line of its own (no digits:
     the quality checks' numeric recall stays 1), so every PDF has its own text and bytes."""
-    from bench.common import document_lines
-    from medkg_pdf_tests.pdf_factory import text_pdf
+    from bench.common import document_lines, long_pdf
 
     code = "".join(chr(97 + (index // 26**k) % 26) for k in range(3))
-    return text_pdf([*document_lines(LINES_OF), f"Referral {code} from the outpatient clinic"], pages=pages)
+    return long_pdf([*document_lines(LINES_OF), f"Referral {code} from the outpatient clinic"], pages)
 
 
 def answer() -> str:
@@ -61,8 +60,12 @@ def answer() -> str:
 @contextmanager
 def moto_s3(bucket: str) -> Iterator[tuple[str, Any]]:
     """moto in server mode on a loopback port (as the tests' `moto_server` fixture), with `bucket`."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per S3 request
 
     from medkg_pdf.engine.process import free_port
 
@@ -125,7 +128,7 @@ def run_timeline(instance, run_id: str) -> dict[str, float]:
     from dagster import DagsterEventType as T
 
     marks: dict[str, float] = {}
-    names = {T.RUN_ENQUEUED: "enqueued", T.RUN_DEQUEUED: "dequeued", T.RUN_STARTING: "launching",
+    names = {T.RUN_ENQUEUED: "enqueued", T.RUN_STARTING: "launching",  # the queued coordinator logs no RUN_DEQUEUED
              T.RUN_START: "started", T.RUN_SUCCESS: "ended", T.RUN_FAILURE: "ended",
              T.RUN_CANCELED: "ended"}  # fmt: skip
     for entry in instance.all_logs(run_id):
@@ -145,8 +148,8 @@ def run_timeline(instance, run_id: str) -> dict[str, float]:
 
 
 PHASES = [
-    ("run queue: enqueued -> dequeued", "enqueued", "dequeued"),
-    ("launch: dequeued -> run started (process + code load)", "dequeued", "started"),
+    ("run queue: enqueued -> dequeued (launch begins)", "enqueued", "launching"),
+    ("launch: dequeued -> run started (process start + code load)", "launching", "started"),
     ("started -> page step start (earlier steps + pool wait)", "started", "page_step_start"),
     ("  of which waiting for the vllm pool", "pool_blocked", "page_step_start"),
     ("page step (render + every page on the server)", "page_step_start", "page_step_end"),

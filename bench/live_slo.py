@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -95,7 +96,7 @@ def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, s
 
             uploader = threading.Thread(target=upload, daemon=True)
             uploader.start()
-            deadline = t0 + minutes * 60 + drain_minutes * 60
+            deadline, progress = t0 + minutes * 60 + drain_minutes * 60, (0, 0)
             while time.time() < deadline:
                 time.sleep(5)
                 dagster.check_alive()
@@ -104,7 +105,9 @@ def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, s
                     by_doc.setdefault(run["tags"].get("dagster/partition"), []).append(run)
                 done = sum(1 for doc in uploads if by_doc.get(doc) and all(
                     r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in by_doc[doc]))  # fmt: skip
-                print(f"  {time.time() - t0:5.0f} s: {len(uploads)}/{len(plan)} uploaded, {done} finished", flush=True)
+                if (len(uploads), done) != progress:
+                    progress = (len(uploads), done)
+                    print(f"  {time.time() - t0:5.0f} s: {len(uploads)}/{len(plan)} uploaded, {done} finished", flush=True)
                 if not uploader.is_alive() and done == len(plan):
                     break
             engine = sim.stats()
@@ -129,13 +132,15 @@ def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, s
         page_latency += [p.latency_s for p in parses.pages] if parses else []
     failed = [doc for doc in docs if doc not in ok]
     window = minutes * 60
-    span = (max(completions) - t0) if completions else float("nan")
+    first = min(uploads.values())
+    span = (max(completions) - first) if completions else float("nan")
     per_h_span = len(ok) / span * 3600 if completions else 0.0
     per_h_window = sum(1 for c in completions if c - t0 <= window) / window * 3600
     for doc in docs:
         if doc in uploads and doc in timelines:
             timelines[doc]["uploaded"] = uploads[doc]
-    wall = (max(completions) if completions else time.time()) - t0
+    wall = (max(completions) if completions else time.time()) - first
+    shutil.rmtree(root, ignore_errors=True)
 
     section = Section("SLOs, live: real time, uncompressed (S3 inbox -> sensor -> run queue -> assets, simulated vLLM)")
     quantiles = [("P50", 0.5), ("P95", 0.95), ("P99", 0.99)]

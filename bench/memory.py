@@ -1,10 +1,12 @@
 """Is memory flat in page count? Peak memory of rendering + parsing a 100- and a 1 000-page PDF.
 
-Each size runs in a fresh child process (`python -m bench.memory --child ...`) that materializes
-`source_pdf`, `page_images` (default settings; the 100-page document also with `workers=1`, the
-sequential path, to show what the render helper processes cost) and `vlm_page_parses` for one document against a fast simulated
-server (2 tokens per page, 2 ms steps, 64 sequences) with 16 requests in flight. The PDF is
-generated beforehand by this process, so its construction is not counted.
+Each size runs in a fresh child process (`python -m bench.memory --child ...`) that materializes,
+in one run for its one document, `source_pdf` and the `page_images_and_parses` step (`page_images`
+and `vlm_page_parses`: pages are rendered and sent to the server as they are rendered; default
+render settings, and for the 100-page document also `workers=1`, the sequential path, to show what
+the render helper processes cost) against a fast simulated server (2 tokens per page, 2 ms steps,
+64 sequences) with 16 requests in flight. The PDF is generated beforehand by this process, so its
+construction is not counted.
 
 While the child runs, this process samples the child's whole process tree every 0.1 s from /proc
 (the child, its render helpers and their forkserver; the simulator is a separate process, not
@@ -129,8 +131,8 @@ def child_main(pdf: str, workdir: str, url: str, workers: str) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from bench.common import instance_home, materialize, open_instance, register_paths, unused_s3
-    from medkg_pdf.assets import page_images, source_pdf, vlm_page_parses
+    from bench.common import instance_home, materialize, open_instance, pages_config, register_paths, unused_s3
+    from medkg_pdf.assets import page_images_and_parses, source_pdf
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.resources.vllm import VLLMResource
 
@@ -140,10 +142,9 @@ def child_main(pdf: str, workdir: str, url: str, workers: str) -> None:
     (doc,) = register_paths(storage, instance, [Path(pdf)])
     baseline = _hwm()
     vllm = VLLMResource(base_url=url, model=SIM.model, max_concurrency=CONCURRENCY)
-    result = materialize([source_pdf, page_images, vlm_page_parses], instance,
+    result = materialize([source_pdf, page_images_and_parses], instance,
                          {"storage": storage, "vllm": vllm, "inbox_s3": unused_s3()}, partition_key=doc,
-                         run_config={"ops": {"page_images": {"config": {"workers": int(workers)}}},
-                                     "loggers": {"console": {"config": {"log_level": "ERROR"}}}})  # fmt: skip
+                         run_config=pages_config(workers=int(workers)))  # fmt: skip
     meta = {
         e.event_specific_data.materialization.asset_key.path[-1]: e.event_specific_data.materialization.metadata
         for e in result.get_asset_materialization_events()
@@ -184,7 +185,8 @@ def run(quick: bool = False) -> Section:
         rows.append([n, workers, r["render_processes"], r["processes"], r["peak_pss"] / MB, r["peak_rss_sum"] / MB,
                      r["child_hwm"] / MB, r["self_hwm_before_run"] / MB, r["largest_hwm"] / MB, r["seconds"]])  # fmt: skip
     section.body.append(
-        f"Each size in a fresh child process: `source_pdf` + `page_images` + `vlm_page_parses` for one document, "
+        f"Each size in a fresh child process: one run of `source_pdf` + `page_images_and_parses` (`page_images` and "
+        f"`vlm_page_parses` in one step, pages sent as they are rendered) for one document, "
         f"simulated server ({SIM.tokens} tokens, {SIM.step_base_s * 1e3:g} ms steps, {SIM.max_num_seqs} seqs), "
         f"{CONCURRENCY} requests in flight. Sampled every 0.1 s from /proc/<pid>/smaps_rollup over the child's process tree."
     )

@@ -87,6 +87,44 @@ def _run_error(instance, run_id: str) -> str | None:
     return None
 
 
+CLI_PID_TAG = "medkg/cli_pid"
+
+
+def fail_orphaned_runs(instance, storage) -> list[str]:
+    """Runs a killed `medkg-pdf` process left "started" (in-process runs have no run monitor) are
+    marked failed, and their documents quarantined with why, so nothing stays in progress for ever."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from medkg_pdf.assets.common import DocumentError, quarantine
+
+    orphaned = []
+    runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING], tags={"medkg/trigger": "cli"}))
+    for run in runs:
+        pid = int(run.tags.get(CLI_PID_TAG, "0") or 0)
+        if pid and pid != os.getpid() and _alive(pid):
+            continue
+        message = (
+            f"the medkg-pdf process running it (pid {pid or 'unknown'}) died before the run ended: killed, "
+            "for example for memory (see `dmesg` for the OOM killer); pages stored before are reused by the next run"
+        )
+        instance.report_run_failed(run, message=message)
+        document_id = run.tags.get("dagster/partition")
+        if document_id:
+            quarantine(storage, document_id, "run", DocumentError(message, retryable=True, reason="process_died"), run_id=run.run_id)
+        orphaned.append(run.run_id)
+    return orphaned
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pdf_paths(args: list[str]) -> list[Path]:
     """Files as given; a directory stands for the PDFs inside it (recursively), in name order."""
     paths: list[Path] = []
@@ -132,6 +170,7 @@ def process_files(
             environ["MEDKG_VLLM_MAX_CONCURRENCY"] = str(max(1, -(-pages_in_flight // workers)))
         resources = resources_for(environ)
         storage = resources["storage"]
+        fail_orphaned_runs(instance, storage)
 
         def one(path: Path) -> dict[str, Any]:
             started = time.perf_counter()
@@ -149,7 +188,7 @@ def process_files(
                     resources=resources,
                     run_config=QUIET_LOGS,
                     raise_on_error=False,
-                    tags={"medkg/trigger": "cli"},
+                    tags={"medkg/trigger": "cli", CLI_PID_TAG: str(os.getpid())},
                 )
                 error = None if outcome.success else _run_error(instance, outcome.run_id)
                 result = _document_summary(storage, ref.document_id, outcome.success, error)

@@ -226,3 +226,35 @@ def test_a_transient_failure_is_retried_in_its_run_then_left_with_its_next_attem
     record = storage.read_model(layout.quarantine(doc_id), QuarantineRecord)
     assert record.retryable and record.failed_attempts == 3 and not record.dead_letter
     assert record.next_attempt_at > utc_now() + timedelta(minutes=10)
+
+
+def test_s3_sources_that_vanish_or_change_fail_only_their_own_document(tmp_path, storage, instance, moto_server):
+    """Registered from a listing, then deleted or replaced before the run: each fails alone, permanently, saying why."""
+    import boto3
+    from dagster_aws.s3 import S3Resource
+
+    from medkg_pdf.sources import s3_ref
+
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    client.create_bucket(Bucket="inbox")
+    refs = {}
+    for name in ("kept", "deleted", "replaced"):
+        etag = client.put_object(Bucket="inbox", Key=f"in/{name}.pdf", Body=pdf_factory.text_pdf([f"Label {name}: 5 mg"]))["ETag"]
+        refs[name] = s3_ref("inbox", f"in/{name}.pdf", etag.strip('"'))
+        register(storage, refs[name])
+    instance.add_dynamic_partitions(documents.name, [ref.document_id for ref in refs.values()])
+    client.delete_object(Bucket="inbox", Key="in/deleted.pdf")
+    client.put_object(Bucket="inbox", Key="in/replaced.pdf", Body=pdf_factory.text_pdf(["A newer upload"]))
+
+    inbox_s3 = S3Resource(endpoint_url=moto_server, region_name="us-east-1")
+    with VllmDouble(model=MODEL) as double:
+        resources = {"storage": storage, "vllm": vllm_for(double.url), "inbox_s3": inbox_s3, "quality_targets": QualityTargets()}
+        results = {
+            name: materialize(document_assets, partition_key=ref.document_id, instance=instance, resources=resources, raise_on_error=False)
+            for name, ref in refs.items()
+        }
+    assert results["kept"].success
+    for name, reason, words in (("deleted", "source_missing", "the object is gone"), ("replaced", "source_changed", "replaced after it was registered")):
+        assert not results[name].success and results[name].get_asset_materialization_events() == []
+        record = storage.read_model(layout.quarantine(refs[name].document_id), QuarantineRecord)
+        assert record.reason == reason and record.permanent and words in record.message, record

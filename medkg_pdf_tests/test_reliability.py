@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pymupdf
 import pytest
-from dagster import materialize
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, materialize
+from dagster._core.instance.ref import InstanceRef
 from dagster_aws.s3 import S3Resource
 
 from medkg_pdf.resources.quality import QualityTargets
@@ -140,6 +141,12 @@ def test_sigkill_halfway_loses_nothing_and_the_rerun_parses_only_missing_pages(t
         result = json.loads(out.decode().strip().splitlines()[-1])
     assert result["status"] == "ok" and result["pages_ok"] == 40
     assert double.completions_ok - first == 40 - stored_ok, "the rerun sends exactly the pages with no stored answer"
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / "home"))) as instance:
+        killed, rerun_record = sorted(instance.get_run_records(), key=lambda record: record.create_timestamp)
+        assert killed.dagster_run.status == DagsterRunStatus.FAILURE  # not left "started" for ever
+        assert rerun_record.dagster_run.status == DagsterRunStatus.SUCCESS
+        failure = instance.get_records_for_run(killed.dagster_run.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+        assert "died before the run ended" in failure[0].event_log_entry.dagster_event.message
     assert double.completions_ok <= 40 + 2  # at most the two in flight at the kill are answered twice
 
 
