@@ -167,3 +167,8 @@ def phase_table(timelines: list[dict[str, float]], first: list[tuple[str, str, s
         if values:
             rows.append([label, len(values), *(percentile(values, q) for q in (0.5, 0.95, 1.0))])
     return table(["per run (s)", "runs", "P50", "P95", "max"], rows)
+
+
+def load() -> str:
+    """The 1-minute load average (the machine is shared: other work distorts real-time figures)."""
+    return f"{os.getloadavg()[0]:.1f}"

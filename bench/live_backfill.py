@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench.common import REPO, Section, fmt, open_instance, table
 from bench.end_to_end import timed
-from bench.live import FAST, REALISTIC, answer, code_env, describe, page_pdf, phase_table, run_timeline, write_home
+from bench.live import FAST, REALISTIC, answer, code_env, describe, load, page_pdf, phase_table, run_timeline, write_home
 from bench.simulator import Simulator
 
 GOAL = 0.90
@@ -100,8 +100,9 @@ def one_setting(sim: Simulator, pdfs: list[Path], pages: int, setting: str, per_
         def bare() -> dict:
             result = timed(bare_argv, bare_env, sim, pages)  # resets the simulator, checks every page was answered
             result["busy"] = sim.stats()["busy_s"] / result["s"]
+            result["load"] = load()
             print(f"  [{setting}] bare client, {in_flight} in flight: {result['s']:.1f} s, mean batch "
-                  f"{result['mean_batch']:.1f}, busy {result['busy']:.0%}", flush=True)  # fmt: skip
+                  f"{result['mean_batch']:.1f}, busy {result['busy']:.0%}, load {result['load']}", flush=True)  # fmt: skip
             return result
 
         with live_dagster(root / "dagster_home", env) as dagster:
@@ -115,13 +116,14 @@ def one_setting(sim: Simulator, pdfs: list[Path], pages: int, setting: str, per_
             time.sleep(5)
             sim.reset()
             backfill_id, launched, seconds = backfill(dagster, ids)
-            stats = sim.stats()
+            stats, backfill_load = sim.stats(), load()
             runs = runs_tagged(dagster, "dagster/backfill", backfill_id)
             instance = open_instance(root / "dagster_home")
             timelines = [run_timeline(instance, run["runId"]) for run in runs]
             last_end = max(run["endTime"] for run in runs) - (time.time() - (time.monotonic() - launched))
             print(f"  [{setting}] backfill: {seconds:.1f} s to COMPLETED ({last_end:.1f} s to the last run's end), "
-                  f"{len(runs)} runs, mean batch {stats['mean_batch']:.1f}, busy {stats['busy_s'] / seconds:.0%}", flush=True)
+                  f"{len(runs)} runs, mean batch {stats['mean_batch']:.1f}, busy {stats['busy_s'] / seconds:.0%}, load {backfill_load}",
+                  flush=True)  # fmt: skip
             bares.append(bare())
         bare_s = sum(b["s"] for b in bares) / len(bares)
         return {"setting": setting, **settings, "per_run": per_run, "in_flight": in_flight, "bare_s": bare_s,
@@ -129,7 +131,8 @@ def one_setting(sim: Simulator, pdfs: list[Path], pages: int, setting: str, per_
                 "bare_busy": sum(b["busy"] for b in bares) / len(bares), "backfill_s": seconds, "last_end_s": last_end,
                 "runs": len(runs), "batch": stats["mean_batch"], "busy": stats["busy_s"] / seconds,
                 "first_request_s": stats["first_arrival"] - launched, "ratio": bare_s / seconds,
-                "ratio_last_end": bare_s / last_end, "phases": phase_table(timelines)}  # fmt: skip
+                "ratio_last_end": bare_s / last_end, "phases": phase_table(timelines),
+                "load": f"{bares[0]['load']} / {backfill_load} / {bares[1]['load']}"}  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -162,16 +165,16 @@ def measure(settings: list[str], regime: str = "fast", docs: int = DOCS, per_run
     section.body.append(
         f"{docs} PDFs of {PAGES[0]}-{PAGES[1]} pages ({pages} pages, seed {seed}), {per_run} pages in flight per run "
         f"(MEDKG_VLLM_MAX_CONCURRENCY); bare client with pool limit x {per_run} in flight, run before and after the "
-        f"backfill (mean of the two). Server ({regime}): {describe(params)}. Run queue dequeue every 5 s (Dagster's default)."
+        f"backfill (mean of the two). Load: the 1-minute load average of the 2 shared cores after each part. Server ({regime}): {describe(params)}. Run queue dequeue every 5 s (Dagster's default)."
     )
     section.body.append(table(
         ["setting", "max runs", "backfill tag limit", "pool", "pages in flight", "bare s (before, after)", "backfill s",
          "to last run end s", "ratio bare/backfill", "ratio to last run end", "first request after s",
-         "bare batch / busy", "backfill batch / busy"],
+         "bare batch / busy", "backfill batch / busy", "load: bare / backfill / bare"],
         [[r["setting"], r["max_concurrent_runs"], r["backfill_tag_limit"], r["pool_limit"], r["in_flight"],
           f"{fmt(r['bare_s'])} ({', '.join(fmt(b) for b in r['bares'])})", r["backfill_s"], r["last_end_s"],
           f"{r['ratio']:.3f}", f"{r['ratio_last_end']:.3f}", r["first_request_s"],
-          f"{r['bare_batch']:.1f} / {r['bare_busy']:.0%}", f"{r['batch']:.1f} / {r['busy']:.0%}"] for r in results],
+          f"{r['bare_batch']:.1f} / {r['bare_busy']:.0%}", f"{r['batch']:.1f} / {r['busy']:.0%}", r["load"]] for r in results],
     ))  # fmt: skip
     for r in results:
         section.body.append(f"Runs of the backfill, setting {r['setting']}:\n\n{r['phases']}")

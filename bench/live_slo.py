@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.common import Section, fmt, open_instance, percentile, table
-from bench.live import REALISTIC, answer, code_env, describe, moto_s3, page_pdf, phase_table, run_timeline, write_home
+from bench.live import REALISTIC, answer, code_env, describe, load, moto_s3, page_pdf, phase_table, run_timeline, write_home
 from bench.simulator import Simulator
 
 BUCKET, INBOX = "medkg-inbox", "incoming/"
@@ -86,7 +86,7 @@ def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, s
             )
             assert data["startSensor"].get("sensorState", {}).get("status") == "RUNNING", data
             sim.reset()
-            t0 = time.time()
+            t0, load_start = time.time(), load()
 
             def upload() -> None:
                 for (at, _), key, doc, body in zip(plan, keys, docs, bodies):
@@ -110,13 +110,13 @@ def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, s
                     print(f"  {time.time() - t0:5.0f} s: {len(uploads)}/{len(plan)} uploaded, {done} finished", flush=True)
                 if not uploader.is_alive() and done == len(plan):
                     break
-            engine = sim.stats()
+            engine, load_end = sim.stats(), load()
             instance = open_instance(home)
             last = {doc: max(runs_, key=lambda r: r["creationTime"]) for doc, runs_ in by_doc.items()}  # a retry's run, if any
             timelines = {doc: run_timeline(instance, run["runId"]) for doc, run in last.items()}
             statuses = {doc: run["status"] for doc, run in last.items()}
 
-    ok, latencies, structured, completions, page_latency, rows = [], [], [], [], [], []
+    ok, latencies, structured, completions, page_latency = [], [], [], [], []
     for doc, (_, pages) in zip(docs, plan):
         quality = storage.read_model_or_none(layout.quality(doc), DocumentQuality)
         if doc not in uploads or quality is None or statuses.get(doc) != "SUCCESS":
@@ -182,7 +182,8 @@ def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, s
               f"`vllm` pool limit {settings['pool_limit']}, {IN_FLIGHT} pages in flight per run (MEDKG_VLLM_MAX_CONCURRENCY "
               f"default), sensor interval {interval}, run queue dequeue every 5 s (Dagster's default). Arrivals: {len(plan)} "
               f"PDFs, Poisson {rate_per_h:g}/h, seed {seed}, {minutes:g} min, {PAGES[0]}-{PAGES[1]} pages. Server: "
-              f"{describe(REALISTIC, IN_FLIGHT)}. Wall: first upload -> last completion {wall:.0f} s.")  # fmt: skip
+              f"{describe(REALISTIC, IN_FLIGHT)}. Wall: first upload -> last completion {wall:.0f} s. "
+              f"1-min load average (2 cores, shared) at the start / end: {load_start} / {load_end}.")  # fmt: skip
     phases = phase_table(list(timelines.values()), [("sensor: upload -> run enqueued", "uploaded", "enqueued")])
     section.body += [config, head, server, phases]
     return section

@@ -1,5 +1,10 @@
 """Run every benchmark and write bench/RESULTS.md: `make bench` (or `python -m bench.run_all`).
 
+The live, real-time benches (`live_slo`: the SLOs on a live webserver + daemon, ~20 min;
+`live_backfill`: a UI backfill vs a bare client) are not in the default set: name them with
+`--only`, e.g. `python -m bench.run_all --only live_slo --output bench/RESULTS-live.md` (`--only` writes
+only the sections it ran to `--output`).
+
 Exit status: 0 when every ratio (a figure measured against a baseline of the same run: bare
 client, raw PyMuPDF, the simulator's ideal, the 100-page run) meets its target; 1 when one misses;
 2 when a benchmark could not run. Absolute figures (MB, seconds, PDFs/hour) depend on the machine:
@@ -19,6 +24,9 @@ import warnings
 from bench.common import BENCH_DIR, Section, machine
 
 BENCHMARKS = ("throughput", "end_to_end", "render", "memory", "slo", "overhead")
+# On a live webserver + daemon in real time, minutes each (live_slo: 15 min of arrivals + drain, ~20 min):
+# only with `--only`, e.g. `python -m bench.run_all --only live_slo live_backfill`.
+OPTIONAL = ("live_slo", "live_backfill")
 
 
 def recommendations(sections: dict[str, Section]) -> list[str]:
@@ -96,7 +104,8 @@ def write_results(info: dict, sections: dict[str, Section], seconds: float, path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
+    parser.add_argument("--only", nargs="*", choices=BENCHMARKS + OPTIONAL,
+                        help=f"run only these; {', '.join(OPTIONAL)} run only when named here")
     parser.add_argument("--quick", action="store_true", help="smaller workloads (a smoke test, figures not comparable)")
     parser.add_argument("--output", default=str(BENCH_DIR / "RESULTS.md"))
     parser.add_argument("--keep", action="store_true", help="keep the scratch data in bench/out/ (~2 GB)")

@@ -81,22 +81,11 @@ def failed_pages_error(parses: list[PageParse], max_share: float) -> DocumentErr
 @multi_asset(
     name="page_images_and_parses",
     specs=[
-        AssetSpec(
-            "page_images",
-            deps=["source_pdf"],
-            group_name="documents",
-            kinds={"png"},
-            skippable=True,
-            description="One PNG per page at the configured DPI (each at most 10 MB), plus blank-page detection.",
-        ),
-        AssetSpec(
-            "vlm_page_parses",
-            deps=["page_images"],
-            group_name="documents",
-            kinds={"json"},
-            skippable=True,
-            description="The VLM's markdown for every page (vLLM OpenAI API, temperature 0, seed 42), one JSON per page.",
-        ),
+        AssetSpec(key, deps=[upstream], group_name="documents", kinds={kind}, skippable=True, description=description)
+        for key, upstream, kind, description in (
+            ("page_images", "source_pdf", "png", "One PNG per page at the configured DPI (each at most 10 MB), plus blank-page detection."),
+            ("vlm_page_parses", "page_images", "json", "The VLM's markdown for every page (vLLM OpenAI API, temperature 0, seed 42), one JSON per page."),
+        )
     ],
     partitions_def=documents,
     backfill_policy=document_backfill_policy,
