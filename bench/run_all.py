@@ -42,16 +42,16 @@ def recommendations(sections: dict[str, Section]) -> list[str]:
         above = ", ".join(f"{p['bare']['pps'] / best:.0%}" for p in points if p["c"] > SIM.max_num_seqs)
         lines.append(
             "**Concurrency** (step-level figures: one document per run, its parse alone). Throughput rises with "
-            f"requests in flight until they reach the server's `max_num_seqs` ({SIM.max_num_seqs} here) and is flat beyond it: the extra requests only wait in vLLM's queue (latency, "
-            "read timeouts, memory), they do not batch. At exactly `max_num_seqs` in flight a batch slot stays empty "
+            f"requests in flight until they reach the server's `max_num_seqs` ({SIM.max_num_seqs} here) and is flat "
+            "beyond it: the extra requests only wait in vLLM's queue (latency, read timeouts, memory), they do not batch. At exactly `max_num_seqs` in flight a batch slot stays empty "
             "while each answer travels back and the next request comes in (it joins at the next step)"
             + (f": {at_seqs['bare']['pps'] / best:.0%} of the best rate here for the bare client, "
                f"{at_seqs['pipe']['body_pps'] / best:.0%} for the pipeline" if at_seqs else "")
             + (f"; 1.5x and 2x `max_num_seqs` give {above}" if above else "")
             + ". So size the total in flight, `pool slots x MEDKG_VLLM_MAX_CONCURRENCY` (every "
             "`page_images_and_parses` step running at once, one document each), at about 1.25-1.5x "
-            "`replicas x --max-num-seqs`, not at exactly 1x (deploy/ sizes it 4 x 8 = 2 x 16 and test_vllm_capacity_covers_the_dagster_pool asserts `<=`), and a single run alone "
-            "reaches only its own `MEDKG_VLLM_MAX_CONCURRENCY` (8 = half a 16-sequence server). Each step also leaves "
+            "`replicas x --max-num-seqs`, not at exactly 1x (deploy/ sizes it 4 x 8 = 2 x 16 and "
+            "test_vllm_capacity_covers_the_dagster_pool asserts `<=`), and a single run alone reaches only its own `MEDKG_VLLM_MAX_CONCURRENCY` (8 = half a 16-sequence server). Each step also leaves "
             "the server idle for its fixed cost before the first and after the last page (see the throughput table), "
             "which a second step in the pool covers. Adapting concurrency from `/metrics` "
             "(`vllm:num_requests_waiting` > 0: saturated; `vllm:num_requests_running` < max_num_seqs with nothing "

@@ -148,9 +148,10 @@ def process_files(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from dagster import materialize
+    from dagster import Definitions
 
     from medkg_pdf.assets import document_assets
+    from medkg_pdf.jobs import document_chain_job
     from medkg_pdf.engine.process import EmbeddedEngine
     from medkg_pdf.partitions import documents
     from medkg_pdf.resources import resources_for
@@ -171,6 +172,8 @@ def process_files(
         resources = resources_for(environ)
         storage = resources["storage"]
         fail_orphaned_runs(instance, storage)
+        # resolved once for every run (what `materialize` would redo per document), under the job the daemon runs too
+        chain = Definitions(jobs=[document_chain_job], assets=document_assets, resources=resources).resolve_job_def(document_chain_job.name)
 
         def one(path: Path) -> dict[str, Any]:
             started = time.perf_counter()
@@ -181,11 +184,9 @@ def process_files(
                 ref = file_ref(path)
                 register(storage, ref)
                 instance.add_dynamic_partitions(documents.name, [ref.document_id])
-                outcome = materialize(
-                    document_assets,
+                outcome = chain.execute_in_process(
                     partition_key=ref.document_id,
                     instance=instance,
-                    resources=resources,
                     run_config=QUIET_LOGS,
                     raise_on_error=False,
                     tags={"medkg/trigger": "cli", CLI_PID_TAG: str(os.getpid())},
