@@ -308,9 +308,9 @@ def test_s3_throttling_and_dropped_connections_are_retried_and_nothing_half_writ
 
 @pytest.mark.soak
 def test_soak_200_documents_through_a_flaky_server(tmp_path, storage):
-    """120 documents (180 pages), one run each, four at a time; 5 % 5xx, 2 % resets, 1 % stalls: every document ends ok or with a recorded reason."""
+    """80 documents (120 pages), one run each, four at a time; 5 % 5xx, 2 % resets, 1 % stalls: every document ends ok or with a recorded reason."""
     paths = []
-    for n in range(120):
+    for n in range(80):
         doc = pymupdf.open()
         for page in range(1 + n % 2):
             doc.new_page().insert_text((72, 72), f"Document {n} page {page}: give {n + page} mg", fontsize=11)
