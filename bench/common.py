@@ -74,6 +74,13 @@ class Section:
         self.figures.append(figure)
         return figure
 
+    def print(self) -> None:
+        """The section as a standalone bench prints it: title, figure rows, then the body."""
+        print(f"\n## {self.title}\n")
+        for figure in self.figures:
+            print(figure.row())
+        print("\n" + "\n\n".join(self.body))
+
 
 def fmt(value: float) -> str:
     if isinstance(value, int):

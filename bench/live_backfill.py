@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-run", type=int, default=IN_FLIGHT, help="MEDKG_VLLM_MAX_CONCURRENCY")
     args = parser.parse_args(argv)
     section = measure(args.setting or ["repo"], args.regime, args.docs, args.per_run)
-    print(f"\n## {section.title}\n")
-    for figure in section.figures:
-        print(figure.row())
-    print("\n" + "\n\n".join(section.body))
+    section.print()
 
 
 if __name__ == "__main__":

@@ -205,10 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", type=int, help="override the pool default_limit in the copied dagster.yaml")
     args = parser.parse_args(argv)
     section = measure(args.minutes, args.rate_per_h, args.seed, args.sensor_interval, args.drain_minutes, args.runs, args.pool)
-    print(f"\n## {section.title}\n")
-    for figure in section.figures:
-        print(figure.row())
-    print("\n" + "\n\n".join(section.body))
+    section.print()
 
 
 if __name__ == "__main__":
