@@ -33,6 +33,7 @@ from medkg_pdf.schemas import PageImage, PageImages, PageParse, PageParses, Page
 
 PREVIEW_CHARS = 1500
 PAGE_IMAGES, VLM_PAGE_PARSES = AssetKey("page_images"), AssetKey("vlm_page_parses")
+RENDER_FAILURES = frozenset({"render_failed", "image_too_large"})  # reasons render.py gives: the page_images stage failed
 # A page that failed this way failed for good: the same image and prompt at temperature 0 give the
 # same answer (the client already asked twice), or it cannot fit the model's context at all.
 PERMANENT_PAGE_STATUSES = frozenset({PageStatus.context_overflow, PageStatus.truncated, PageStatus.repetition, PageStatus.empty})
@@ -108,7 +109,8 @@ def page_images_and_parses(
     try:
         yield from _pages(context, document_id, render_wanted, parse_wanted, config, storage, vllm, quality_targets)
     except DocumentError as error:
-        raise fail_document(context, storage, stage, document_id, error) from None
+        failed_stage = "page_images" if error.reason in RENDER_FAILURES else stage
+        raise fail_document(context, storage, failed_stage, document_id, error) from None
     clear_quarantine(storage, document_id, stage)
 
 
