@@ -276,7 +276,7 @@ def test_inbox_settings_come_from_the_environment_in_one_place():
         "hospital-uploads", "inbox/", 25, 120, 60
     )
     defaults = resources_for({"MEDKG_DATA_DIR": "/tmp/unused"})["inbox"]
-    assert (defaults.bucket, defaults.max_per_tick, defaults.minimum_interval_seconds) == ("", 50, 30)
+    assert (defaults.bucket, defaults.max_per_tick, defaults.minimum_interval_seconds) == ("", 50, 15)
 
 
 def test_no_bucket_configured_skips_with_a_reason(storage):
