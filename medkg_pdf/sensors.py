@@ -267,7 +267,7 @@ def evaluate_inbox(
 
 
 def build_s3_arrival_sensor(
-    *, minimum_interval_seconds: int = 30, default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED
+    *, minimum_interval_seconds: int = 15, default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED
 ) -> SensorDefinition:
     """Stopped by default: a new deployment does not start ingesting (and spending GPU time) until
     someone turns the sensor on in the UI; that choice is then kept in the instance database."""
