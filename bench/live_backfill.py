@@ -53,7 +53,7 @@ def parse_setting(text: str) -> tuple[int | None, int | None, int | None]:
 
 def backfill(dagster, partitions: list[str]) -> tuple[str, float, float]:
     """Launch a backfill of `partitions` over the chain; (id, monotonic launch time, seconds to a finished status)."""
-    from medkg_pdf.jobs import DOCUMENT_CHAIN
+    from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
     from medkg_pdf_tests.live_dagster import wait_for
 
     launched = time.monotonic()

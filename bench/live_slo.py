@@ -55,7 +55,7 @@ def arrivals(minutes: float, rate_per_h: float, seed: int) -> list[tuple[float, 
 
 def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, sensor_interval: int | None = None,
             drain_minutes: float = 10, runs: int | None = None, pool: int | None = None) -> Section:  # fmt: skip
-    from medkg_pdf import layout
+    from medkg_pdf import storage_keys
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.schemas import DocumentQuality, PageParses
     from medkg_pdf.sources import s3_ref
@@ -118,17 +118,17 @@ def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, s
 
     ok, latencies, structured, completions, page_latency = [], [], [], [], []
     for doc, (_, pages) in zip(docs, plan):
-        quality = storage.read_model_or_none(layout.quality(doc), DocumentQuality)
+        quality = storage.read_model_or_none(storage_keys.quality(doc), DocumentQuality)
         if doc not in uploads or quality is None or statuses.get(doc) != "SUCCESS":
             continue
         done = quality.completed_at.timestamp()
         ok.append(doc)
         latencies.append(done - uploads[doc])
         completions.append(done)
-        path = data_dir / layout.structured_json(doc)
+        path = data_dir / storage_keys.structured_json(doc)
         if path.exists():
             structured.append(path.stat().st_mtime - uploads[doc])
-        parses = storage.read_model_or_none(layout.page_parses(doc), PageParses)
+        parses = storage.read_model_or_none(storage_keys.page_parses(doc), PageParses)
         page_latency += [p.latency_s for p in parses.pages] if parses else []
     failed = [doc for doc in docs if doc not in ok]
     window = minutes * 60

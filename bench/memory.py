@@ -132,7 +132,7 @@ def child_main(pdf: str, workdir: str, url: str, workers: str) -> None:
 
     warnings.filterwarnings("ignore")
     from bench.common import instance_home, materialize, open_instance, pages_config, register_paths, unused_s3
-    from medkg_pdf.assets import page_images_and_parses, source_pdf
+    from medkg_pdf.defs.documents import page_images_and_parses, source_pdf
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.resources.vllm import VLLMResource
 

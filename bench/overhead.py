@@ -66,9 +66,9 @@ def run(quick: bool = False) -> Section:
 
     from bench.common import QUIET, document_lines, long_pdf
     from bench.slo import variant_pdf
-    from medkg_pdf.assets import document_assets
+    from medkg_pdf.defs.documents import document_assets
     from medkg_pdf.cli import threaded_instance
-    from medkg_pdf.partitions import documents
+    from medkg_pdf.defs.partitions import documents
     from medkg_pdf.resources import resources_for
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.sources import file_ref, register

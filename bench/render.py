@@ -69,10 +69,10 @@ COLD_SAMPLES = 2
 
 def render_only(instance, storage, document_id: str, config: dict) -> dict:
     """`page_images` alone for one document, rendered afresh: seconds of the step's function, render processes."""
-    from medkg_pdf import layout
-    from medkg_pdf.assets import page_images
+    from medkg_pdf import storage_keys
+    from medkg_pdf.defs.documents import page_images
 
-    storage.delete(layout.page_images(document_id))  # else the step reuses the stored page images
+    storage.delete(storage_keys.page_images(document_id))  # else the step reuses the stored page images
     result = materialize([page_images], instance, {"storage": storage, "vllm": unused_vllm()}, partition_key=document_id,
                          selection=["page_images"], run_config=pages_config(**config))  # fmt: skip
     times = step_times(instance, result.run_id)[PAGES_STEP]
@@ -103,7 +103,7 @@ def raw_range(pdf_path: str, start: int, stop: int, dpi: int, encoder: str = "as
     """Render pages [start, stop) to PNG bytes: with the asset's encoder (OpenCV), or PyMuPDF's own ("pymupdf")."""
     import pymupdf
 
-    from medkg_pdf.assets.render import encode_png
+    from medkg_pdf.rendering import encode_png
 
     total = 0
     matrix = pymupdf.Matrix(dpi / 72, dpi / 72)
@@ -138,8 +138,8 @@ def raw_parallel(pool: ProcessPoolExecutor, pdf_path: str, pages: int, processes
 
 
 def run(quick: bool = False) -> Section:
-    from medkg_pdf import layout
-    from medkg_pdf.assets import source_pdf
+    from medkg_pdf import storage_keys
+    from medkg_pdf.defs.documents import source_pdf
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.schemas import PageImages
 
@@ -161,7 +161,7 @@ def run(quick: bool = False) -> Section:
 
     samples: dict[str, list[float]] = {"raw1": [], "rawN": [], "asset1": [], "assetN": [], "pymupdf1": []}
     colds = [cold(instance_home(root), stores["par"].root, ids["par"]) for _ in range(0 if quick or n == 1 else COLD_SAMPLES)]
-    from medkg_pdf.assets.render import _context
+    from medkg_pdf.rendering import _context
 
     # one forkserver per process: start it with the asset's preload (as page_images would), not bare
     ctx = _context()
@@ -183,7 +183,7 @@ def run(quick: bool = False) -> Section:
         samples["pymupdf1"].append(raw_sequential(str(path), pages, "pymupdf"))  # for reference only
 
     def fingerprint(name: str):
-        manifest = stores[name].read_model(layout.page_images(ids[name]), PageImages)
+        manifest = stores[name].read_model(storage_keys.page_images(ids[name]), PageImages)
         return [(p.model_dump(), hashlib.sha256(stores[name].read_bytes(p.key)).hexdigest()) for p in manifest.pages]
 
     same = fingerprint("seq") == fingerprint("par")

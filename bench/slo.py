@@ -222,9 +222,9 @@ def run(quick: bool = False) -> Section:
     from dagster import DagsterInstance
 
     from bench.common import document_lines, long_pdf
-    from medkg_pdf import layout
+    from medkg_pdf import storage_keys
     from bench.common import PAGES_STEP
-    from medkg_pdf.partitions import documents
+    from medkg_pdf.defs.partitions import documents
     from medkg_pdf.resources import resources_for
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.schemas import DocumentQuality, PageParses, SourceRef
@@ -297,8 +297,8 @@ def run(quick: bool = False) -> Section:
     rows, bound, shapes, page_latency, parse_spans = [], [], [], [], []
     first_arrival, last_done = None, None
     for (doc, pages), r in zip(ids, runs):
-        ref = storage.read_model(layout.source_ref(doc), SourceRef)
-        quality = storage.read_model_or_none(layout.quality(doc), DocumentQuality)
+        ref = storage.read_model(storage_keys.source_ref(doc), SourceRef)
+        quality = storage.read_model_or_none(storage_keys.quality(doc), DocumentQuality)
         arrived = ref.arrived_at.timestamp()
         done = quality.completed_at.timestamp() if quality else r["ended"]
         first_arrival = arrived if first_arrival is None else min(first_arrival, arrived)
@@ -307,7 +307,7 @@ def run(quick: bool = False) -> Section:
         run_start = steps.get("__run__", {}).get("start", math.nan)
         run_start = arrived if math.isnan(run_start) else run_start
         queue = max(0.0, run_start - arrived)
-        parses = storage.read_model_or_none(layout.page_parses(doc), PageParses)
+        parses = storage.read_model_or_none(storage_keys.page_parses(doc), PageParses)
         sent = [p for p in (parses.pages if parses else []) if p.latency_s > 0]
         tail = max(0.0, r["ended"] - done)
         try:

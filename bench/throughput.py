@@ -101,8 +101,8 @@ def pages_for(concurrency: int) -> int:
 
 class Bench:
     def __init__(self, root: Path, sim: Simulator, concurrencies: tuple[int, ...]):
-        from medkg_pdf import layout
-        from medkg_pdf.assets import page_images_and_parses, source_pdf
+        from medkg_pdf import storage_keys
+        from medkg_pdf.defs.documents import page_images_and_parses, source_pdf
         from medkg_pdf.resources.storage import LocalStorage
         from medkg_pdf.schemas import PageImages
 
@@ -118,7 +118,7 @@ class Bench:
             materialize([source_pdf, page_images_and_parses], self.instance,
                         {"storage": self.storage, "inbox_s3": unused_s3(), "vllm": unused_vllm()},
                         partition_key=doc, selection=["source_pdf", "page_images"])  # fmt: skip
-            manifest = self.storage.read_model(layout.page_images(doc), PageImages)
+            manifest = self.storage.read_model(storage_keys.page_images(doc), PageImages)
             assert len(manifest.pages) == pages and not any(image.blank for image in manifest.pages)
             self.pngs[doc] = [self.storage.read_bytes(image.key) for image in manifest.pages]
             self.doc_of[pages] = doc
@@ -128,7 +128,7 @@ class Bench:
         return self.doc_of[pages_for(concurrency)]
 
     def pipeline(self, doc: str, concurrency: int) -> dict:
-        from medkg_pdf.assets import page_images_and_parses
+        from medkg_pdf.defs.documents import page_images_and_parses
         from medkg_pdf.resources.vllm import VLLMResource
 
         self.runs += 1  # a new prompt version per run: a new cache key, so every page is sent

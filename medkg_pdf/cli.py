@@ -54,14 +54,14 @@ def _instance(data_dir: Path, *, workers: int = 1):
 
 
 def _document_summary(storage, document_id: str, run_ok: bool, run_error: str | None) -> dict[str, Any]:
-    from medkg_pdf import layout
+    from medkg_pdf import storage_keys
     from medkg_pdf.schemas import QuarantineRecord
     from medkg_pdf.schemas import DocumentQuality, PageParses, SourceRef
 
-    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
-    parses = storage.read_model_or_none(layout.page_parses(document_id), PageParses)
-    quality = storage.read_model_or_none(layout.quality(document_id), DocumentQuality)
-    quarantined = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+    ref = storage.read_model_or_none(storage_keys.source_ref(document_id), SourceRef)
+    parses = storage.read_model_or_none(storage_keys.page_parses(document_id), PageParses)
+    quality = storage.read_model_or_none(storage_keys.quality(document_id), DocumentQuality)
+    quarantined = storage.read_model_or_none(storage_keys.quarantine(document_id), QuarantineRecord)
     ok = run_ok and quarantined is None and quality is not None
     return {
         "document_id": document_id,
@@ -72,7 +72,7 @@ def _document_summary(storage, document_id: str, run_ok: bool, run_error: str | 
         "model_calls": parses.model_calls if parses else 0,
         "quality": quality.match_score if quality else None,
         "numeric_recall": quality.numeric_recall if quality else None,
-        "output": storage.uri(layout.structured_json(document_id)) if ok else None,
+        "output": storage.uri(storage_keys.structured_json(document_id)) if ok else None,
         "error": None if ok else (quarantined.message if quarantined else run_error or "run failed"),
     }
 
@@ -95,7 +95,7 @@ def fail_orphaned_runs(instance, storage) -> list[str]:
     marked failed, and their documents quarantined with why, so nothing stays in progress for ever."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    from medkg_pdf.assets.common import DocumentError, quarantine
+    from medkg_pdf.defs.document_steps import DocumentError, quarantine
 
     orphaned = []
     runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING], tags={"medkg/trigger": "cli"}))
@@ -150,10 +150,10 @@ def process_files(
 
     from dagster import Definitions
 
-    from medkg_pdf.assets import document_assets
-    from medkg_pdf.jobs import document_chain_job
+    from medkg_pdf.defs.documents import document_assets
+    from medkg_pdf.defs.documents.jobs import document_chain_job
     from medkg_pdf.engine.process import EmbeddedEngine
-    from medkg_pdf.partitions import documents
+    from medkg_pdf.defs.partitions import documents
     from medkg_pdf.resources import resources_for
     from medkg_pdf.resources.vllm import EMBEDDED_MODEL
     from medkg_pdf.sources import file_ref, register

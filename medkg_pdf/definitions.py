@@ -2,17 +2,19 @@
 
 from dagster import Definitions, in_process_executor
 
-from medkg_pdf.assets import document_assets
-from medkg_pdf.assets.regression import accepted_baseline, regression_quality
-from medkg_pdf.assets.report import quality_report
-from medkg_pdf.checks import all_checks
-from medkg_pdf.freshness import freshness_policies, with_freshness
-from medkg_pdf.jobs import document_chain_job, requality_job
-from medkg_pdf.quality_jobs import accept_baseline_job, regression_job
-from medkg_pdf.report_schedule import quality_report_job, quality_report_schedule
+from medkg_pdf.defs.documents import document_assets, document_checks
+from medkg_pdf.defs.documents.jobs import document_chain_job
+from medkg_pdf.defs.documents.schedules import reconciliation_schedule
+from medkg_pdf.defs.freshness import freshness_policies, with_freshness
+from medkg_pdf.defs.ingest.sensors import build_s3_arrival_sensor
+from medkg_pdf.defs.quality.jobs import requality_job
+from medkg_pdf.defs.regression.assets import accepted_baseline, regression_quality
+from medkg_pdf.defs.regression.checks import regression_quality_no_document_worse
+from medkg_pdf.defs.regression.jobs import accept_baseline_job, regression_job
+from medkg_pdf.defs.reporting.assets import quality_report
+from medkg_pdf.defs.reporting.checks import quality_report_slos
+from medkg_pdf.defs.reporting.schedules import quality_report_job, quality_report_schedule
 from medkg_pdf.resources import resources_for
-from medkg_pdf.schedules import reconciliation_schedule
-from medkg_pdf.sensors import build_s3_arrival_sensor
 
 resources = resources_for()
 freshness = freshness_policies()
@@ -24,7 +26,7 @@ defs = Definitions(
         regression_quality,
         *with_freshness([quality_report], freshness.report),
     ],
-    asset_checks=all_checks,
+    asset_checks=[*document_checks, regression_quality_no_document_worse, quality_report_slos],
     jobs=[document_chain_job, requality_job, accept_baseline_job, regression_job, quality_report_job],
     schedules=[reconciliation_schedule, quality_report_schedule],
     sensors=[build_s3_arrival_sensor(minimum_interval_seconds=resources["inbox"].minimum_interval_seconds)],

@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from medkg_pdf import layout
+from medkg_pdf import storage_keys
 from medkg_pdf.schemas import QuarantineRecord
-from medkg_pdf.partitions import is_document_id
+from medkg_pdf.document_ids import is_document_id
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import DocumentQuality, PageParses, RegressionQuality, SourceRef
 
@@ -52,11 +52,11 @@ def _map(function: Callable[[str], Any], items: Iterable[str]) -> list[Any]:
 
 
 def _document_row(storage: DocumentStorage, document_id: str) -> dict[str, Any] | None:
-    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    ref = storage.read_model_or_none(storage_keys.source_ref(document_id), SourceRef)
     if ref is None:
         return None
-    quality = storage.read_model_or_none(layout.quality(document_id), DocumentQuality)
-    quarantined = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+    quality = storage.read_model_or_none(storage_keys.quality(document_id), DocumentQuality)
+    quarantined = storage.read_model_or_none(storage_keys.quarantine(document_id), QuarantineRecord)
     row: dict[str, Any] = dict.fromkeys(DOCUMENT_COLUMNS)
     row.update(document_id=document_id, name=ref.name, uri=ref.uri, arrived_at=ref.arrived_at)
     if quality is not None:
@@ -93,7 +93,7 @@ def load_documents(storage: DocumentStorage) -> pd.DataFrame:
 
 def _detail_row(storage: DocumentStorage, document_id: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(DETAIL_COLUMNS)
-    parses = storage.read_model_or_none(layout.page_parses(document_id), PageParses)
+    parses = storage.read_model_or_none(storage_keys.page_parses(document_id), PageParses)
     if parses is not None:
         statuses = Counter(page.status.value for page in parses.pages)
         row.update(
@@ -105,13 +105,13 @@ def _detail_row(storage: DocumentStorage, document_id: str) -> dict[str, Any]:
             model=parses.model,
             prompt_version=parses.prompt_version,
         )
-    regression = storage.read_model_or_none(layout.regression(document_id), RegressionQuality)
+    regression = storage.read_model_or_none(storage_keys.regression(document_id), RegressionQuality)
     if regression is not None:
         row.update(regression_verdict=regression.verdict, regression_word_f1=regression.word_f1)
     for column, key in (
-        ("structured_json", layout.structured_json(document_id)),
-        ("structured_md", layout.structured_markdown(document_id)),
-        ("quality_json", layout.quality(document_id)),
+        ("structured_json", storage_keys.structured_json(document_id)),
+        ("structured_md", storage_keys.structured_markdown(document_id)),
+        ("quality_json", storage_keys.quality(document_id)),
     ):
         row[column] = storage.uri(key) if storage.exists(key) else None
     return row

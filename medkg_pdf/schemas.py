@@ -273,3 +273,12 @@ class RegressionQuality(Record):
     match_score_baseline: float | None = None
     match_score_current: float | None = None
     compared_at: datetime = Field(default_factory=utc_now)
+
+
+class ReportPointer(BaseModel):
+    """`reports/quality/latest.json`: what the SLO checks evaluate."""
+
+    day: str
+    evaluated_at: datetime
+    documents_csv: str
+    slo_json: str

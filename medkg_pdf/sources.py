@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-from medkg_pdf import layout
-from medkg_pdf.partitions import document_id
+from medkg_pdf import storage_keys
+from medkg_pdf.document_ids import document_id
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import SourceRef
 from medkg_pdf.validation import MAX_PDF_BYTES, check_size
@@ -45,7 +45,7 @@ def s3_ref(bucket: str, key: str, etag: str | None = None, arrived_at=None) -> S
 
 
 def register(storage: DocumentStorage, ref: SourceRef) -> None:
-    storage.write_model(layout.source_ref(ref.document_id), ref)
+    storage.write_model(storage_keys.source_ref(ref.document_id), ref)
 
 
 class SourceReadError(Exception):
@@ -122,7 +122,7 @@ def read_source(ref: SourceRef, s3_client=None, max_bytes: int = MAX_PDF_BYTES) 
 
 def register_files(storage: DocumentStorage, instance, paths: list[Path]) -> list[str]:
     """Register local files as `documents` partitions of a Dagster instance; returns their ids."""
-    from medkg_pdf.partitions import documents
+    from medkg_pdf.defs.partitions import documents
 
     ids = []
     for path in paths:

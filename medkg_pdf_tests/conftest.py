@@ -62,9 +62,9 @@ def no_step_retries(request, monkeypatch):
     run with those retries off, so a failure is the run's last word at once (runs in other processes,
     the live daemon's, keep them)."""
     if request.node.get_closest_marker("step_retries") is None:
-        from medkg_pdf.assets import common
+        from medkg_pdf.defs import document_steps
 
-        monkeypatch.setattr(common, "MAX_STEP_RETRIES", 0)
+        monkeypatch.setattr(document_steps, "MAX_STEP_RETRIES", 0)
 
 
 def vllm_for(url: str, **settings) -> VLLMResource:

@@ -18,9 +18,9 @@ import pymupdf
 from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 from dagster_aws.s3 import S3Resource
 
-from medkg_pdf.assets import document_assets
-from medkg_pdf.assets.render import RenderConfig, render_page
-from medkg_pdf.checks import document_checks
+from medkg_pdf.defs.documents import document_assets
+from medkg_pdf.rendering import RenderConfig, render_page
+from medkg_pdf.defs.documents import document_checks
 from medkg_pdf.resources.pushgateway import PushgatewayResource
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import LocalStorage

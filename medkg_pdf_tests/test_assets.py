@@ -6,8 +6,8 @@
 import pytest
 from dagster import materialize
 
-from medkg_pdf import layout
-from medkg_pdf.assets import document_assets
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.schemas import PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
 from medkg_pdf_tests import pdf_factory
@@ -53,14 +53,14 @@ def test_chain_materializes_every_asset_and_writes_files(tmp_path, storage, inst
     assert result.success
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events() for e in [e.event_specific_data.materialization]}
     assert materialized == {"source_pdf", "page_images", "vlm_page_parses", "structured_document", "baseline_parse", "parse_quality"}
-    info = storage.read_model(layout.source_info(doc_id), SourceInfo)
+    info = storage.read_model(storage_keys.source_info(doc_id), SourceInfo)
     assert info.page_count == 3 and info.pages_with_text == [True, True, True]
-    assert storage.read_bytes(layout.page_png(info.sha256, 150, 0)).startswith(b"\x89PNG")
-    parses = storage.read_model(layout.page_parses(doc_id), PageParses)
+    assert storage.read_bytes(storage_keys.page_png(info.sha256, 150, 0)).startswith(b"\x89PNG")
+    parses = storage.read_model(storage_keys.page_parses(doc_id), PageParses)
     assert [p.status for p in parses.pages] == [PageStatus.ok] * 3 and parses.model_calls == 3
-    document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)
+    document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
     assert document.page_count == 3 and document.sections[0].heading == "Page"
-    assert storage.read_text(layout.structured_markdown(doc_id)).startswith("# Page")
+    assert storage.read_text(storage_keys.structured_markdown(doc_id)).startswith("# Page")
 
 
 def test_rerun_makes_zero_model_calls_and_a_prompt_change_reparses(tmp_path, storage, instance, double):
@@ -70,7 +70,7 @@ def test_rerun_makes_zero_model_calls_and_a_prompt_change_reparses(tmp_path, sto
     assert double.requests == 4
     assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
     assert double.requests == 4
-    assert storage.read_model(layout.page_parses(doc_id), PageParses).cached_pages == 4
+    assert storage.read_model(storage_keys.page_parses(doc_id), PageParses).cached_pages == 4
     assert run_chain(instance, storage, vllm_for(double.url, prompt_version="page-markdown-v2"), doc_id).success
     assert double.requests == 8
 
@@ -81,7 +81,7 @@ def test_identical_pdfs_under_two_names_are_parsed_once(tmp_path, storage, insta
     for doc_id in ids:
         assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
     assert double.requests == 2
-    assert all(storage.exists(layout.quality(doc_id)) for doc_id in ids)
+    assert all(storage.exists(storage_keys.quality(doc_id)) for doc_id in ids)
 
 
 def test_bad_pdf_fails_its_run_with_a_clear_error_and_is_quarantined(tmp_path, storage, instance, double):
@@ -90,7 +90,7 @@ def test_bad_pdf_fails_its_run_with_a_clear_error_and_is_quarantined(tmp_path, s
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "password-protected" in failure.event_specific_data.error.message
-    record = storage.read_model(layout.quarantine(doc_id), QuarantineRecord)
+    record = storage.read_model(storage_keys.quarantine(doc_id), QuarantineRecord)
     assert record.stage == "source_pdf" and record.reason == "encrypted" and not record.retryable
     assert double.requests == 0
 
@@ -102,10 +102,10 @@ def test_a_bad_document_fails_only_its_own_run(tmp_path, storage, instance, doub
     ids = register_files(storage, instance, [good, bad, good2])
     results = {doc_id: run_chain(instance, storage, vllm_for(double.url), doc_id) for doc_id in ids}  # as a backfill launches them
     assert results[ids[0]].success and results[ids[2]].success and not results[ids[1]].success
-    assert storage.exists(layout.quality(ids[0])) and storage.exists(layout.quality(ids[2]))
-    assert not storage.exists(layout.quality(ids[1]))
+    assert storage.exists(storage_keys.quality(ids[0])) and storage.exists(storage_keys.quality(ids[2]))
+    assert not storage.exists(storage_keys.quality(ids[1]))
     assert results[ids[1]].get_asset_materialization_events() == []
-    assert "HTML" in storage.read_model(layout.quarantine(ids[1]), QuarantineRecord).message
+    assert "HTML" in storage.read_model(storage_keys.quarantine(ids[1]), QuarantineRecord).message
     assert double.requests == 3
 
 
@@ -122,7 +122,7 @@ def test_a_run_handed_several_documents_refuses_them_all_and_records_nothing(tmp
     assert result.get_asset_materialization_events() == []
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "one document per run" in failure.event_specific_data.error.message
-    assert double.requests == 0 and not any(storage.exists(layout.source_info(doc_id)) for doc_id in ids)
+    assert double.requests == 0 and not any(storage.exists(storage_keys.source_info(doc_id)) for doc_id in ids)
 
 
 def test_server_outage_mid_run_keeps_parsed_pages_and_the_rerun_does_the_rest(tmp_path, storage, instance):
@@ -149,7 +149,7 @@ def test_server_outage_mid_run_keeps_parsed_pages_and_the_rerun_does_the_rest(tm
         requests_before = double.requests
         assert run_chain(instance, storage, vllm, doc_id).success
         assert double.requests - requests_before == 7
-        assert not storage.exists(layout.quarantine(doc_id))
+        assert not storage.exists(storage_keys.quarantine(doc_id))
 
 
 def test_a_run_against_a_down_server_fails_within_seconds_naming_it(tmp_path, storage, instance):
@@ -165,4 +165,4 @@ def test_a_run_against_a_down_server_fails_within_seconds_naming_it(tmp_path, st
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_key == "page_images_and_parses"
     assert url in failure.event_specific_data.error.message and "unreachable" in failure.event_specific_data.error.message
-    assert storage.read_model(layout.quarantine(doc_id), QuarantineRecord).retryable
+    assert storage.read_model(storage_keys.quarantine(doc_id), QuarantineRecord).retryable

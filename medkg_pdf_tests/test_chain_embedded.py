@@ -6,8 +6,8 @@ from dagster import materialize
 from dagster_aws.s3 import S3Resource
 
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf import layout
-from medkg_pdf.assets import document_assets
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.resources.vllm import EMBEDDED_MODEL
 from medkg_pdf.schemas import PageParses, StructuredDocument
 from medkg_pdf_tests.conftest import register_files, vllm_for
@@ -28,9 +28,9 @@ def test_ocr_boxes_become_block_provenance_in_pdf_points(tmp_path, storage, inst
         resources={"storage": storage, "vllm": vllm_for(embedded_engine.url, model=EMBEDDED_MODEL), "inbox_s3": S3Resource(), "quality_targets": QualityTargets()},
     )  # fmt: skip
     assert result.success
-    parses = storage.read_model(layout.page_parses(doc_id), PageParses)
+    parses = storage.read_model(storage_keys.page_parses(doc_id), PageParses)
     assert parses.pages[0].profile == "embedded-ocr" and parses.pages[0].regions
-    document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)
+    document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
     dose = next(block for block in document.blocks() if "25 mg" in block.text)
     assert dose.bbox is not None and dose.page == 1
     x0, y0, x1, y1 = dose.bbox

@@ -9,11 +9,11 @@ import json
 import pytest
 from dagster import AssetCheckSeverity, AssetSelection
 
-from medkg_pdf import layout
-from medkg_pdf.assets import document_assets
-from medkg_pdf.assets.regression import accepted_baseline
-from medkg_pdf.checks import document_checks, source_pdf_is_valid, structured_document_schema_valid
-from medkg_pdf.checks.parse import judge_pages
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import document_assets
+from medkg_pdf.defs.regression.assets import accepted_baseline
+from medkg_pdf.defs.documents import document_checks, source_pdf_is_valid, structured_document_schema_valid
+from medkg_pdf.defs.documents.checks import judge_pages
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.schemas import PageParse, PageParses, PageStatus, SamplingParams, StructuredDocument
 from medkg_pdf_tests import pdf_factory
@@ -100,7 +100,7 @@ def test_a_failed_numeric_gate_blocks_what_depends_on_the_scores(tmp_path, stora
             partition_key=doc_id,
         )
     assert "parse_quality" in materialized(result) and "accepted_baseline" not in materialized(result)
-    assert not storage.exists(layout.accepted_baseline(doc_id))
+    assert not storage.exists(storage_keys.accepted_baseline(doc_id))
 
 
 def test_a_page_given_up_fails_its_document_and_nothing_downstream_of_it(tmp_path, storage, instance):
@@ -120,9 +120,9 @@ def test_a_page_given_up_fails_its_document_and_nothing_downstream_of_it(tmp_pat
     message = failure.event_specific_data.error.message
     assert "1 of 2 pages failed" in message and "http_error" in message
     assert materialized(note) == {"source_pdf", "baseline_parse", "page_images"}  # rendered, but not parsed
-    assert not storage.exists(layout.page_parses(ids[0])) and not storage.exists(layout.structured_json(ids[0]))
+    assert not storage.exists(storage_keys.page_parses(ids[0])) and not storage.exists(storage_keys.structured_json(ids[0]))
     assert label.success and check_results(label)["vlm_page_parses_failed_page_share"].passed
-    assert storage.exists(layout.quality(ids[1]))
+    assert storage.exists(storage_keys.quality(ids[1]))
 
 
 def test_the_page_budget_is_a_setting(tmp_path, storage, instance):
@@ -135,7 +135,7 @@ def test_the_page_budget_is_a_setting(tmp_path, storage, instance):
         result = run(instance, resources(storage, vllm, quality_targets=QualityTargets(max_failed_page_share=0.6)), partition_key=doc_id)
     check = check_results(result)["vlm_page_parses_failed_page_share"]
     assert check.passed and check.metadata["failed_page_share"].value == 0.5
-    document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)
+    document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
     assert document.failed_pages == [1]  # the lost page is on record in the document itself
 
 
@@ -161,10 +161,10 @@ def test_the_schema_check_revalidates_what_is_stored(tmp_path, storage, instance
     with VllmDouble(model=MODEL, answer=TextLayerModel().learn(pdf)) as double:
         defs = resources(storage, vllm_for(double.url, model=MODEL))
         assert run(instance, defs, partition_key=doc_id).success
-        record = json.loads(storage.read_text(layout.structured_json(doc_id)))
+        record = json.loads(storage.read_text(storage_keys.structured_json(doc_id)))
         record["page_count"] = "one"  # not an int
         record["reviewed_by"] = "someone"  # not a field of the model
-        storage.write_text(layout.structured_json(doc_id), json.dumps(record))
+        storage.write_text(storage_keys.structured_json(doc_id), json.dumps(record))
         only_the_check = AssetSelection.checks(structured_document_schema_valid)
         result = run(instance, defs, partition_key=doc_id, selection=only_the_check)
     check = check_results(result)["structured_document_schema_valid"]
@@ -198,7 +198,7 @@ def test_a_rejected_upload_fails_its_own_run_and_the_others_are_checked_as_usual
     assert failure.event_specific_data.user_failure_data.metadata["reason"].value == "not_pdf"
     assert materialized(portal_run) == set() and check_results(portal_run) == {}
     assert good_run.success and all(check.passed or check.severity == AssetCheckSeverity.WARN for check in check_results(good_run).values())
-    assert storage.exists(layout.quality(ids[0]))
+    assert storage.exists(storage_keys.quality(ids[0]))
 
 
 def test_a_stored_pdf_that_no_longer_matches_its_record_fails_the_source_check(tmp_path, storage, instance):
@@ -207,7 +207,7 @@ def test_a_stored_pdf_that_no_longer_matches_its_record_fails_the_source_check(t
     with VllmDouble(model=MODEL, answer=TextLayerModel().learn(pdf)) as double:
         defs = resources(storage, vllm_for(double.url, model=MODEL))
         assert run(instance, defs, partition_key=doc_id).success
-        storage.write_bytes(layout.source_pdf(doc_id), pdf[: len(pdf) // 2])  # bit rot, a bad copy
+        storage.write_bytes(storage_keys.source_pdf(doc_id), pdf[: len(pdf) // 2])  # bit rot, a bad copy
         result = run(instance, defs, partition_key=doc_id, selection=AssetSelection.checks(source_pdf_is_valid))
     check = check_results(result)["source_pdf_is_valid"]
     assert not check.passed and "sha256 differs" in check.description
@@ -225,7 +225,7 @@ def test_the_page_budget_allows_one_lost_page_in_two_hundred(storage, failed, ve
         for i in range(200)
     ]  # fmt: skip
     storage.write_model(
-        layout.page_parses(doc_id),
+        storage_keys.page_parses(doc_id),
         PageParses(document_id=doc_id, sha256="0" * 64, model=MODEL, prompt_version="v1", pages=pages, model_calls=200, cached_pages=0),
     )
     finding = judge_pages(storage, doc_id, QualityTargets().max_failed_page_share)

@@ -863,7 +863,7 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_secrets():
         for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
-    for kept in ["pyproject.toml", pyproject()["project"]["readme"], "medkg_pdf/schemas.py", "medkg_pdf/assets/parse.py"]:
+    for kept in ["pyproject.toml", pyproject()["project"]["readme"], "medkg_pdf/schemas.py", "medkg_pdf/defs/documents/pages.py"]:
         assert not _dockerignore_excludes(kept, patterns), kept
     for dropped in [".env", "deploy/compose/.env", ".venv/bin/python", ".git/config", "medkg_pdf/__pycache__/x.pyc"]:
         assert _dockerignore_excludes(dropped, patterns), dropped

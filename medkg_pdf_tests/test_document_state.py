@@ -20,14 +20,14 @@ import pymupdf
 import pytest
 from dagster import AssetKey, AssetPartitionStatus, DagsterEventType, DagsterInstance, materialize
 
-from medkg_pdf import layout
-from medkg_pdf.assets import document_assets
-from medkg_pdf.assets.render import RenderConfig, render_page
-from medkg_pdf.jobs import DOCUMENT_CHAIN
-from medkg_pdf.partitions import documents
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import document_assets
+from medkg_pdf.rendering import RenderConfig, render_page
+from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
+from medkg_pdf.defs.partitions import documents
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import LocalStorage
-from medkg_pdf.schedules import reconcile
+from medkg_pdf.defs.documents.schedules import reconcile
 from medkg_pdf.schemas import QuarantineRecord, SourceRef, utc_now
 from medkg_pdf.sources import file_ref, register
 from medkg_pdf.validation import MAX_IMAGE_BYTES
@@ -104,8 +104,8 @@ def test_cli_batch_records_each_document_as_it_ended(tmp_path):
             flaky_run = instance.get_run_by_id(lines["flaky.pdf"]["run_id"])
             retried = instance.get_records_for_run(flaky_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY).records
             assert [r.event_log_entry.step_key for r in retried] == ["page_images_and_parses"]
-            assert not storage.exists(layout.quarantine(ids["flaky.pdf"]))  # the retry succeeded: nothing left over
-            record = storage.read_model(layout.quarantine(ids["locked.pdf"]), QuarantineRecord)
+            assert not storage.exists(storage_keys.quarantine(ids["flaky.pdf"]))  # the retry succeeded: nothing left over
+            record = storage.read_model(storage_keys.quarantine(ids["locked.pdf"]), QuarantineRecord)
             assert record.permanent and record.reason == "encrypted" and record.next_attempt_at is None
             # neither the reconciliation schedule nor anything else asks for the locked one again
             found = reconcile(instance, storage, max_runs=100)
@@ -146,7 +146,7 @@ def test_a_bad_reupload_over_a_good_document_leaves_nothing_built_from_the_old_f
         assert not result.success and result.get_asset_materialization_events() == []
         assert double.requests == requests
         assert set(statuses(instance, doc_id).values()) == {AssetPartitionStatus.FAILED}
-        assert not storage.exists(layout.source_info(doc_id))  # no record of the old version to build on
+        assert not storage.exists(storage_keys.source_info(doc_id))  # no record of the old version to build on
         # a later stage asked for on its own refuses too, instead of rebuilding from the old version's files
         alone = materialize(
             document_assets, partition_key=doc_id, instance=instance, selection=[AssetKey("structured_document")],
@@ -156,7 +156,7 @@ def test_a_bad_reupload_over_a_good_document_leaves_nothing_built_from_the_old_f
         assert not alone.success and alone.get_asset_materialization_events() == []
         failure = next(e for e in alone.all_events if e.is_step_failure)
         assert "source_pdf failed" in failure.event_specific_data.error.message  # the first stage's reason, for people
-    record = storage.read_model(layout.quarantine(doc_id), QuarantineRecord)
+    record = storage.read_model(storage_keys.quarantine(doc_id), QuarantineRecord)
     assert record.stage == "source_pdf" and record.permanent and record.registered_at is not None
 
 
@@ -176,7 +176,7 @@ def test_one_document_over_its_page_budget_fails_alone_whatever_launched_it(tmp_
     state = statuses(instance, ids[1])
     assert state["source_pdf"] == AssetPartitionStatus.MATERIALIZED and state["vlm_page_parses"] == AssetPartitionStatus.FAILED
     assert state["structured_document"] == AssetPartitionStatus.FAILED
-    record = storage.read_model(layout.quarantine(ids[1]), QuarantineRecord)
+    record = storage.read_model(storage_keys.quarantine(ids[1]), QuarantineRecord)
     assert record.retryable and record.reason == "pages_failed" and record.next_attempt_at is not None
 
 
@@ -188,7 +188,7 @@ def test_reconciliation_runs_the_most_overdue_first_and_never_permanent_or_dead_
         register(storage, SourceRef(document_id=doc_id, uri=f"file:///nowhere/{doc_id}.pdf", name=f"{doc_id}.pdf", arrived_at=now - timedelta(days=1)))
 
     def failed(doc_id: str, *, retryable=True, next_at=None, dead=False):
-        storage.write_model(layout.quarantine(doc_id), QuarantineRecord(
+        storage.write_model(storage_keys.quarantine(doc_id), QuarantineRecord(
             document_id=doc_id, stage="vlm_page_parses", reason="model_server" if retryable else "encrypted", message="x",
             retryable=retryable, at=now.isoformat(), registered_at=now - timedelta(days=1), next_attempt_at=next_at, dead_letter=dead,
         ))  # fmt: skip
@@ -223,7 +223,7 @@ def test_a_transient_failure_is_retried_in_its_run_then_left_with_its_next_attem
     assert len(retries) == 2
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "unreachable" in failure.event_specific_data.error.message  # the reason itself, not "Exceeded max_retries"
-    record = storage.read_model(layout.quarantine(doc_id), QuarantineRecord)
+    record = storage.read_model(storage_keys.quarantine(doc_id), QuarantineRecord)
     assert record.retryable and record.failed_attempts == 3 and not record.dead_letter
     assert record.next_attempt_at > utc_now() + timedelta(minutes=10)
 
@@ -256,5 +256,5 @@ def test_s3_sources_that_vanish_or_change_fail_only_their_own_document(tmp_path,
     assert results["kept"].success
     for name, reason, words in (("deleted", "source_missing", "the object is gone"), ("replaced", "source_changed", "replaced after it was registered")):
         assert not results[name].success and results[name].get_asset_materialization_events() == []
-        record = storage.read_model(layout.quarantine(refs[name].document_id), QuarantineRecord)
+        record = storage.read_model(storage_keys.quarantine(refs[name].document_id), QuarantineRecord)
         assert record.reason == reason and record.permanent and words in record.message, record

@@ -31,7 +31,7 @@ import boto3
 import httpx
 import pytest
 
-from medkg_pdf.jobs import DOCUMENT_CHAIN
+from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.sources import register, s3_ref
 from medkg_pdf_tests.live_dagster import (

@@ -16,8 +16,8 @@ from dagster import materialize
 from dagster_aws.s3 import S3Resource
 
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf import layout, metrics
-from medkg_pdf.assets import document_assets
+from medkg_pdf import storage_keys, metrics
+from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.samples import sample_pdfs
 from medkg_pdf.schemas import DocumentQuality, PageParses, PageStatus, StructuredDocument
 from medkg_pdf_tests.conftest import register_files, vllm_for
@@ -79,8 +79,8 @@ def scored(embedded_engine, tmp_path_factory):
     assert all(result.success for result in results)
     scores, blank_pages, checked = {}, [], {}
     for sample, doc_id in zip(samples, ids):
-        document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)
-        parses = storage.read_model(layout.page_parses(doc_id), PageParses)
+        document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
+        parses = storage.read_model(storage_keys.page_parses(doc_id), PageParses)
         score = Score(Counter(), Counter())
         for number, truth in enumerate(sample.pages, start=1):
             if not truth:
@@ -88,7 +88,7 @@ def scored(embedded_engine, tmp_path_factory):
                 continue
             score.add(document.page_text(number), truth)
         scores[sample.name] = score
-        checked[sample.name] = storage.read_model(layout.quality(doc_id), DocumentQuality)
+        checked[sample.name] = storage.read_model(storage_keys.quality(doc_id), DocumentQuality)
     return scores, blank_pages, checked
 
 

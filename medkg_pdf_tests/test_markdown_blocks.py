@@ -1,6 +1,6 @@
 """A VLM's markdown becomes typed blocks: headings, paragraphs, lists, tables (markdown or HTML), captions."""
 
-from medkg_pdf.assets.assemble import build_document, to_markdown
+from medkg_pdf.defs.documents.structured import build_document, to_markdown
 from medkg_pdf.markdown_blocks import markdown_to_blocks
 from medkg_pdf.schemas import PageParse, PageParses, PageStatus, SamplingParams
 

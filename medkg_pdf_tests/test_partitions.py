@@ -2,8 +2,8 @@
 
 import pytest
 
-from medkg_pdf import layout
-from medkg_pdf.partitions import document_id, is_document_id, slugify
+from medkg_pdf import storage_keys
+from medkg_pdf.document_ids import document_id, is_document_id, slugify
 from medkg_pdf.sources import s3_ref
 
 HOSTILE = [
@@ -35,7 +35,7 @@ def test_hostile_s3_keys_become_safe_stable_keys(key):
     assert "," not in ref.document_id and "/" not in ref.document_id and ".." not in ref.document_id
     assert len(ref.document_id) <= 75
     assert s3_ref("bucket", key).document_id == ref.document_id
-    assert layout.source_pdf(ref.document_id).startswith("documents/")
+    assert storage_keys.source_pdf(ref.document_id).startswith("documents/")
 
 
 def test_slug_never_empty():
@@ -45,4 +45,4 @@ def test_slug_never_empty():
 
 def test_layout_refuses_non_document_ids():
     with pytest.raises(ValueError):
-        layout.source_pdf("../x")
+        storage_keys.source_pdf("../x")

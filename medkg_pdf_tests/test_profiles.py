@@ -5,8 +5,8 @@ import pytest
 from dagster import materialize
 
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf import layout
-from medkg_pdf.assets import document_assets
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.profiles import PROFILES, InvalidAnswerError, get_profile, infer_profile
 from medkg_pdf.resources.vllm import PageRequest, png_size
 from medkg_pdf.schemas import PageStatus, StructuredDocument
@@ -176,7 +176,7 @@ def test_grounded_boxes_land_on_the_text_in_pdf_coordinates(tmp_path, storage, i
             resources={"storage": storage, "vllm": vllm_for(double.url, model=DEEPSEEK), "inbox_s3": S3Resource(), "quality_targets": QualityTargets()},
         )  # fmt: skip
     assert result.success
-    document = storage.read_model(layout.structured_json(doc_id), StructuredDocument)
+    document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
     (block,) = document.blocks()
     assert block.page == 1 and "500 mg" in block.text
     assert block.bbox == pytest.approx((rect.x0, rect.y0, rect.x1, rect.y1), abs=1.0)

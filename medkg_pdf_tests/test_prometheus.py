@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from dagster import materialize
 
-from medkg_pdf import layout, prometheus, slo
-from medkg_pdf.assets.report import quality_report
+from medkg_pdf import storage_keys, prometheus, slo
+from medkg_pdf.defs.reporting.assets import quality_report
 from medkg_pdf.engine.process import free_port
 from medkg_pdf.resources import resources_for
 from medkg_pdf.resources.pushgateway import PushgatewayResource
@@ -65,7 +65,7 @@ def record_document(storage, name: str, arrived_ago_s: float, latency_s: float |
             document_id=doc_id, pages=[], pages_compared=1, match_score=match_score, edit_similarity=match_score,
             word_f1=match_score, numeric_recall=1.0, completed_at=arrived + timedelta(seconds=latency_s),
         )  # fmt: skip
-        storage.write_model(layout.quality(doc_id), quality)
+        storage.write_model(storage_keys.quality(doc_id), quality)
     return doc_id
 
 

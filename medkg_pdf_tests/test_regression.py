@@ -6,10 +6,11 @@ so a test can make version 2 of the prompt swap two doses in a table and nothing
 
 from dagster import AssetCheckSeverity
 
-from medkg_pdf import layout
-from medkg_pdf.assets import document_assets
-from medkg_pdf.assets.regression import accepted_baseline, regression_quality
-from medkg_pdf.checks import document_checks, regression_quality_no_document_worse
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import document_assets
+from medkg_pdf.defs.regression.assets import accepted_baseline, regression_quality
+from medkg_pdf.defs.documents import document_checks
+from medkg_pdf.defs.regression.checks import regression_quality_no_document_worse
 from medkg_pdf.schemas import AcceptedBaseline, RegressionQuality
 from medkg_pdf_tests.conftest import register_files, vllm_for
 from medkg_pdf_tests.quality_fixtures import (
@@ -44,10 +45,10 @@ def test_a_prompt_change_that_swaps_two_doses_in_a_table_is_flagged_worse(tmp_pa
         # a reviewer accepts both documents as they are now
         assert all(r.success for r in run_each(instance, defs, ids, [accepted_baseline]))
         for doc_id in ids:
-            pointer = storage.read_model(layout.accepted_baseline(doc_id), AcceptedBaseline)
+            pointer = storage.read_model(storage_keys.accepted_baseline(doc_id), AcceptedBaseline)
             assert (pointer.model, pointer.prompt_version) == (MODEL, "v1")
             assert pointer.structured_key == f"baselines/{MODEL}/v1/{doc_id}.json"
-            assert storage.read_bytes(pointer.structured_key) == storage.read_bytes(layout.structured_json(doc_id))
+            assert storage.read_bytes(pointer.structured_key) == storage.read_bytes(storage_keys.structured_json(doc_id))
 
         # prompt v2 re-parses every page (new cache key) and answers the table differently
         double.answer = version_2
@@ -56,13 +57,13 @@ def test_a_prompt_change_that_swaps_two_doses_in_a_table_is_flagged_worse(tmp_pa
         dosing_run, note_run = run_each(instance, defs_v2, ids, [*document_assets, regression_quality, *document_checks, regression_quality_no_document_worse])
 
     dosing_id, note_id = ids
-    swapped = storage.read_model(layout.regression(dosing_id), RegressionQuality)
+    swapped = storage.read_model(storage_keys.regression(dosing_id), RegressionQuality)
     assert swapped.verdict == "worse"
     assert swapped.word_f1 == 1.0 and swapped.numeric_recall == 1.0  # same words, same numbers...
     assert swapped.table_cell_agreement == round(4 / 6, 4) and swapped.tables_compared == 1  # ...in the wrong cells
     assert (swapped.baseline_prompt_version, swapped.current_prompt_version) == ("v1", "v2")
     assert any("table cells agree 0.667" in reason for reason in swapped.reasons)
-    assert storage.read_model(layout.regression(note_id), RegressionQuality).verdict == "unchanged"
+    assert storage.read_model(storage_keys.regression(note_id), RegressionQuality).verdict == "unchanged"
 
     check = check_results(dosing_run)["regression_quality_no_document_worse"]
     assert not check.passed and check.severity == AssetCheckSeverity.WARN and dosing_id in check.description
@@ -79,7 +80,7 @@ def test_a_document_without_an_accepted_baseline_is_reported_not_failed(tmp_path
             instance, defs, [*document_assets, regression_quality, regression_quality_no_document_worse], partition_key=doc_id
         )
     assert result.success
-    assert storage.read_model(layout.regression(doc_id), RegressionQuality).verdict == "no_baseline"
+    assert storage.read_model(storage_keys.regression(doc_id), RegressionQuality).verdict == "no_baseline"
     check = check_results(result)["regression_quality_no_document_worse"]
     assert check.passed and check.metadata["documents_skipped"].value == 1
-    assert not storage.exists(layout.quarantine(doc_id))  # a missing baseline is no processing failure
+    assert not storage.exists(storage_keys.quarantine(doc_id))  # a missing baseline is no processing failure

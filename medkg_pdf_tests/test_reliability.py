@@ -20,8 +20,8 @@ from dagster._core.instance.ref import InstanceRef
 from dagster_aws.s3 import S3Resource
 
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf import layout
-from medkg_pdf.assets import document_assets
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.schemas import QuarantineRecord
 from medkg_pdf.schemas import PageImages, PageParse, SourceInfo
 from medkg_pdf.cli import threaded_instance
@@ -71,9 +71,9 @@ def test_bad_input_is_quarantined_and_the_rest_of_the_backfill_succeeds(case, tm
     ids = register_files(storage, instance, [bad, good])
     bad_run, good_run = (run_one(instance, storage, vllm_for(double.url), doc_id) for doc_id in ids)  # as a backfill launches them
     assert good_run.success and not bad_run.success
-    record = storage.read_model(layout.quarantine(ids[0]), QuarantineRecord)
+    record = storage.read_model(storage_keys.quarantine(ids[0]), QuarantineRecord)
     assert record.stage == "source_pdf" and record.reason == reason and words in record.message and record.permanent
-    assert storage.exists(layout.quality(ids[1])) and not storage.exists(layout.quarantine(ids[1]))
+    assert storage.exists(storage_keys.quality(ids[1])) and not storage.exists(storage_keys.quarantine(ids[1]))
     assert bad_run.get_asset_materialization_events() == []
     failure = next(e for e in bad_run.all_events if e.is_step_failure)
     assert words in failure.event_specific_data.error.message  # what the UI shows for that document
@@ -84,7 +84,7 @@ def test_broken_xref_is_repaired_with_a_warning_and_goes_on(tmp_path, storage, i
     path.write_bytes(pdf_factory.broken_xref_pdf())
     (doc_id,) = register_files(storage, instance, [path])
     assert run_one(instance, storage, vllm_for(double.url), doc_id).success
-    info = storage.read_model(layout.source_info(doc_id), SourceInfo)
+    info = storage.read_model(storage_keys.source_info(doc_id), SourceInfo)
     assert info.repaired and "repaired" in info.warnings[0]
 
 
@@ -93,7 +93,7 @@ def test_a_page_too_large_for_10_mb_is_downscaled(tmp_path, storage, instance, d
     path.write_bytes(pdf_factory.huge_page_pdf())
     (doc_id,) = register_files(storage, instance, [path])
     assert run_one(instance, storage, vllm_for(double.url), doc_id).success
-    (image,) = storage.read_model(layout.page_images(doc_id), PageImages).pages
+    (image,) = storage.read_model(storage_keys.page_images(doc_id), PageImages).pages
     assert image.png_bytes <= 10 * 1024 * 1024 and image.dpi < 150
 
 
@@ -102,7 +102,7 @@ def test_decompression_bomb_renders_bounded(tmp_path, storage, instance, double)
     path.write_bytes(pdf_factory.decompression_bomb_pdf())
     (doc_id,) = register_files(storage, instance, [path])
     assert run_one(instance, storage, vllm_for(double.url), doc_id).success
-    (image,) = storage.read_model(layout.page_images(doc_id), PageImages).pages
+    (image,) = storage.read_model(storage_keys.page_images(doc_id), PageImages).pages
     assert image.width * image.height <= 40_000_000
 
 
@@ -206,7 +206,7 @@ def test_model_output_is_capped_and_cannot_inject_html_into_the_ui(tmp_path, sto
         if e.event_specific_data.materialization.asset_key.path == ["vlm_page_parses"]
     ]
     assert previews and previews[0].startswith("```text\n")
-    assert "<script>" not in storage.read_text(layout.structured_markdown(doc_id))
+    assert "<script>" not in storage.read_text(storage_keys.structured_markdown(doc_id))
 
 
 class FlakyS3Proxy:
@@ -327,8 +327,8 @@ def test_soak_200_documents_through_a_flaky_server(tmp_path, storage):
         with ThreadPoolExecutor(max_workers=4) as pool:  # one run per document, four at a time, as `medkg-pdf run` does
             list(pool.map(lambda doc_id: run_one(instance, storage, vllm, doc_id), ids))
         assert time.monotonic() - started < 600
-    ok = [i for i in ids if storage.exists(layout.quality(i))]
-    failed = {i: storage.read_model(layout.quarantine(i), QuarantineRecord) for i in ids if i not in ok}
+    ok = [i for i in ids if storage.exists(storage_keys.quality(i))]
+    failed = {i: storage.read_model(storage_keys.quarantine(i), QuarantineRecord) for i in ids if i not in ok}
     print(
         f"\nsoak: {len(ids)} documents, {len(ok)} ok, {len(failed)} failed; requests {double.requests}, "
         f"faults {dict(double.faults_injected)}, ok answers {double.completions_ok}, "

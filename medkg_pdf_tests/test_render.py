@@ -3,8 +3,8 @@
 import pymupdf
 from dagster import materialize
 
-from medkg_pdf import layout
-from medkg_pdf.assets import page_images, source_pdf
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import page_images, source_pdf
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.schemas import PageImages
@@ -24,7 +24,7 @@ def _render(tmp_path, instance, pdf, name: str, workers: int):
         run_config={"ops": {"page_images_and_parses": {"config": {"workers": workers, "parallel_min_pages": 1}}}},
     )  # fmt: skip
     assert result.success
-    manifest = storage.read_model(layout.page_images(doc_id), PageImages)
+    manifest = storage.read_model(storage_keys.page_images(doc_id), PageImages)
     metadata = next(
         e.event_specific_data.materialization.metadata
         for e in result.get_asset_materialization_events()

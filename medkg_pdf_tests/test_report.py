@@ -8,11 +8,11 @@ from datetime import timedelta
 import pandas as pd
 from dagster import AssetKey, Definitions
 
-from medkg_pdf import layout
-from medkg_pdf.assets.report import HAVE_PYARROW, ReportPointer, quality_report
-from medkg_pdf.checks import quality_report_slos
-from medkg_pdf.freshness import freshness_policies
-from medkg_pdf.report_schedule import quality_report_schedule
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.reporting.assets import HAVE_PYARROW, ReportPointer, quality_report
+from medkg_pdf.defs.reporting.checks import quality_report_slos
+from medkg_pdf.defs.freshness import freshness_policies
+from medkg_pdf.defs.reporting.schedules import quality_report_schedule
 from medkg_pdf_tests import pdf_factory
 from medkg_pdf_tests.conftest import register_files, vllm_for
 from medkg_pdf_tests.quality_fixtures import (
@@ -46,7 +46,7 @@ def test_the_report_writes_tables_and_plots_and_shows_the_worst_documents_first(
         result = run(instance, defs, [quality_report, quality_report_slos])
     assert result.success
 
-    pointer = storage.read_model(layout.quality_report_latest(), ReportPointer)
+    pointer = storage.read_model(storage_keys.quality_report_latest(), ReportPointer)
     documents = pd.read_csv(io.BytesIO(storage.read_bytes(pointer.documents_csv)))
     assert sorted(documents["document_id"]) == sorted(ids)
     by_id = documents.set_index("document_id")
@@ -54,14 +54,14 @@ def test_the_report_writes_tables_and_plots_and_shows_the_worst_documents_first(
     assert by_id.loc[numbers_id, "numeric_recall"] == 0.0
     assert by_id.loc[rejected_id, "status"] == "failed" and by_id.loc[rejected_id, "failure_reason"] == "not_pdf"
     assert by_id.loc[rejected_id, "failure_class"] == "permanent"  # never retried automatically
-    assert by_id.loc[good_id, "structured_json"] == storage.uri(layout.structured_json(good_id))
+    assert by_id.loc[good_id, "structured_json"] == storage.uri(storage_keys.structured_json(good_id))
     for name in ("scores.png", "latency.png"):
-        assert storage.read_bytes(layout.quality_report(pointer.day, name)).startswith(b"\x89PNG\r\n\x1a\n")
+        assert storage.read_bytes(storage_keys.quality_report(pointer.day, name)).startswith(b"\x89PNG\r\n\x1a\n")
     slo_record = json.loads(storage.read_text(pointer.slo_json))
     assert slo_record["completed"] == 2 and slo_record["failed"] == 1 and slo_record["latency_ok"]["p99"]
-    pages = pd.read_csv(io.BytesIO(storage.read_bytes(layout.quality_report(pointer.day, "page-status.csv"))))
+    pages = pd.read_csv(io.BytesIO(storage.read_bytes(storage_keys.quality_report(pointer.day, "page-status.csv"))))
     assert pages.set_index("status")["pages"].to_dict() == {"ok": 2}
-    assert storage.exists(layout.quality_report(pointer.day, "documents.parquet")) == HAVE_PYARROW
+    assert storage.exists(storage_keys.quality_report(pointer.day, "documents.parquet")) == HAVE_PYARROW
 
     metadata = result.asset_materializations_for_node("quality_report")[0].metadata
     report = metadata["report"].value
@@ -70,7 +70,7 @@ def test_the_report_writes_tables_and_plots_and_shows_the_worst_documents_first(
     worst = report[report.index("**Worst documents**"):].splitlines()
     rows = [line for line in worst if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == [rejected_id, numbers_id, good_id]  # failed, then lowest score
-    assert f"[json]({storage.uri(layout.structured_json(numbers_id))})" in rows[1]
+    assert f"[json]({storage.uri(storage_keys.structured_json(numbers_id))})" in rows[1]
     assert metadata["page_status"].value == {"ok": 2} and metadata["failed"].value == 1
     assert metadata["parquet"].value == ("written" if HAVE_PYARROW else "skipped: pyarrow is not installed")
     assert not check_results(result)["slo_error_rate"].passed  # 1 of 3 failed

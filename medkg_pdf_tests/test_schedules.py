@@ -18,11 +18,11 @@ from dagster import RunRequest, SkipReason, build_schedule_context, instance_for
 from dagster_aws.s3 import S3Resource
 
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf import layout
-from medkg_pdf.assets import document_assets
-from medkg_pdf.jobs import DOCUMENT_CHAIN
-from medkg_pdf.partitions import documents
-from medkg_pdf.schedules import build_reconciliation_schedule, reconciliation_schedule
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents import document_assets
+from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
+from medkg_pdf.defs.partitions import documents
+from medkg_pdf.defs.documents.schedules import build_reconciliation_schedule, reconciliation_schedule
 from medkg_pdf.schemas import SourceRef
 from medkg_pdf.sources import file_ref, register
 from medkg_pdf_tests import pdf_factory
@@ -107,7 +107,7 @@ def test_the_cap_takes_the_most_overdue_first_and_leaves_the_rest_for_later(hist
 
 
 def test_a_reupload_of_a_broken_document_is_retried(history, persistent_instance, storage):
-    ref = storage.read_model(layout.source_ref(history["broken"]), SourceRef)
+    ref = storage.read_model(storage_keys.source_ref(history["broken"]), SourceRef)
     register(storage, ref.model_copy(update={"arrived_at": datetime.now(timezone.utc)}))  # registered again, later
 
     requests = tick(persistent_instance, storage)

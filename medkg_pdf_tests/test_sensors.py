@@ -18,13 +18,13 @@ import pytest
 from dagster import SensorResult, build_sensor_context
 from dagster_aws.s3 import S3Resource
 
-from medkg_pdf import layout
-from medkg_pdf.jobs import DOCUMENT_CHAIN
-from medkg_pdf.partitions import is_document_id
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
+from medkg_pdf.document_ids import is_document_id
 from medkg_pdf.resources.inbox import InboxConfig
 from medkg_pdf.resources.storage import S3Storage
 from medkg_pdf.schemas import SourceRef
-from medkg_pdf.sensors import InboxCursor, InboxObject, s3_arrival_sensor
+from medkg_pdf.defs.ingest.sensors import InboxCursor, InboxObject, s3_arrival_sensor
 from medkg_pdf.sources import s3_ref
 
 BUCKET = "inbox"
@@ -105,7 +105,7 @@ def test_first_tick_registers_pdfs_and_requests_one_chain_run_each(s3, inbox):
         (key,) = [k for k in etags if doc_id(k) == request.partition_key]
         assert request.run_key == f"{request.partition_key}:{etags[key]}"
         assert request.asset_selection == DOCUMENT_CHAIN
-        ref = inbox.storage.read_model(layout.source_ref(request.partition_key), SourceRef)
+        ref = inbox.storage.read_model(storage_keys.source_ref(request.partition_key), SourceRef)
         assert ref.uri == f"s3://{BUCKET}/{key}" and ref.etag == etags[key]
         head = s3.head_object(Bucket=BUCKET, Key=key)
         assert ref.arrived_at == head["LastModified"]  # arrival time is the object's LastModified
@@ -133,7 +133,7 @@ def test_reupload_with_new_content_is_requested_again_under_the_same_partition(s
     assert second.partition_key == first.partition_key  # the same document, updated
     assert first.run_key == f"{first.partition_key}:{first_etag}"
     assert second.run_key == f"{first.partition_key}:{second_etag}"
-    assert inbox.storage.read_model(layout.source_ref(first.partition_key), SourceRef).etag == second_etag
+    assert inbox.storage.read_model(storage_keys.source_ref(first.partition_key), SourceRef).etag == second_etag
 
 
 def _put_within_one_second(s3, keys: list[str], attempts: int = 5) -> datetime:
@@ -194,7 +194,7 @@ def test_hostile_keys_get_safe_stable_partitions_and_non_pdfs_are_skipped_with_a
     assert sorted(keys) == sorted(doc_id(key) for key in hostile)
     assert all(is_document_id(key) and len(key) <= 75 for key in keys)
     for key in hostile:  # the original key survives, quoted, in the registration
-        ref = inbox.storage.read_model(layout.source_ref(doc_id(key)), SourceRef)
+        ref = inbox.storage.read_model(storage_keys.source_ref(doc_id(key)), SourceRef)
         assert unquote(ref.uri) == f"s3://{BUCKET}/{key}"
     for key, reason in not_pdfs.items():
         assert any(key in line and reason in line for line in inbox.log), (key, inbox.log)
@@ -220,7 +220,7 @@ def test_one_object_that_cannot_be_registered_does_not_sink_the_tick(s3, inbox, 
     put(s3, good)
     put(s3, bad)
     # a real failure: a file sits where the bad document's directory must be created
-    blocker = storage.local_path(layout.source_ref(doc_id(bad))).parent
+    blocker = storage.local_path(storage_keys.source_ref(doc_id(bad))).parent
     blocker.parent.mkdir(parents=True)
     blocker.write_text("in the way")
 
@@ -236,7 +236,7 @@ def test_one_object_that_cannot_be_registered_does_not_sink_the_tick(s3, inbox, 
 def test_an_object_that_keeps_failing_is_given_up_after_three_attempts(s3, inbox, storage):
     bad = f"{PREFIX}bad.pdf"
     put(s3, bad)
-    blocker = storage.local_path(layout.source_ref(doc_id(bad))).parent
+    blocker = storage.local_path(storage_keys.source_ref(doc_id(bad))).parent
     blocker.parent.mkdir(parents=True)
     blocker.write_text("in the way")
 

@@ -11,8 +11,8 @@ import pytest
 from dagster import AssetCheckSeverity, AssetSelection
 
 from medkg_pdf import slo
-from medkg_pdf.assets.report import quality_report
-from medkg_pdf.checks import quality_report_slos
+from medkg_pdf.defs.reporting.assets import quality_report
+from medkg_pdf.defs.reporting.checks import quality_report_slos
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf_tests import pdf_factory
 from medkg_pdf_tests.conftest import register_files, vllm_for

@@ -1,6 +1,6 @@
 """Where new PDFs arrive (an S3 bucket and prefix) and how fast the arrival sensor takes them in.
 
-The sensor (medkg_pdf/sensors.py) reads every setting from this resource, never from the
+The sensor (medkg_pdf/defs/ingest/sensors.py) reads every setting from this resource, never from the
 environment; resources/__init__.py builds it from `MEDKG_INBOX_*`.
 """
 

@@ -6,9 +6,9 @@ or the ground-truth set must judge it), never a silent pass.
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
 
-from medkg_pdf import layout
-from medkg_pdf.assets.quality import parse_quality
-from medkg_pdf.checks.common import CHECK_PARTITIONS, Finding, missing, run_documents, summarize
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.quality.assets import parse_quality
+from medkg_pdf.defs.check_support import CHECK_PARTITIONS, Finding, missing, run_documents, summarize
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import DocumentQuality
@@ -17,7 +17,7 @@ NO_BASELINE = "no baseline: no page has a usable text layer (scanned?)"
 
 
 def judge_match(storage: DocumentStorage, document_id: str, minimum: float) -> Finding:
-    quality = storage.read_model_or_none(layout.quality(document_id), DocumentQuality)
+    quality = storage.read_model_or_none(storage_keys.quality(document_id), DocumentQuality)
     if quality is None:
         return missing(storage, document_id, "parse_quality", "quality.json")
     if quality.match_score is None:
@@ -29,7 +29,7 @@ def judge_match(storage: DocumentStorage, document_id: str, minimum: float) -> F
 
 
 def judge_numbers(storage: DocumentStorage, document_id: str, minimum: float) -> Finding:
-    quality = storage.read_model_or_none(layout.quality(document_id), DocumentQuality)
+    quality = storage.read_model_or_none(storage_keys.quality(document_id), DocumentQuality)
     if quality is None:
         return missing(storage, document_id, "parse_quality", "quality.json")
     if quality.numeric_recall is None:

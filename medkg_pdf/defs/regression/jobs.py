@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from medkg_pdf.partitions import documents
+from medkg_pdf.defs.partitions import documents
 
 accept_baseline_job = define_asset_job(
     "accept_baseline",

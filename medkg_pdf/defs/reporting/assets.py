@@ -3,27 +3,25 @@
 Written to `reports/quality/<day>/` as CSV (and Parquet when pyarrow is installed) plus two PNG
 plots, summarised in the asset's metadata (the plots embedded, so the Dagster UI shows them),
 pushed to a Prometheus Pushgateway when one is configured, and judged by the SLO checks in
-`medkg_pdf.checks.slo`, which re-read the CSV this asset wrote.
+`medkg_pdf.defs.reporting.checks`, which re-read the CSV this asset wrote.
 """
 
 import base64
 import io
 import json
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import matplotlib.dates as mdates
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend, thread-safe
-from pydantic import BaseModel
 
-from medkg_pdf import fleet, layout, prometheus, slo
+from medkg_pdf import fleet, prometheus, slo, storage_keys
 from medkg_pdf.resources.pushgateway import PushgatewayResource
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import utc_now
+from medkg_pdf.schemas import ReportPointer, utc_now
 
 WORST_DOCUMENTS = 10
 PLOT_DPI = 80
@@ -34,15 +32,6 @@ try:  # Parquet is a bonus: the CSV is the contract
     HAVE_PYARROW = True
 except ImportError:
     HAVE_PYARROW = False
-
-
-class ReportPointer(BaseModel):
-    """`reports/quality/latest.json`: what the SLO checks evaluate."""
-
-    day: str
-    evaluated_at: datetime
-    documents_csv: str
-    slo_json: str
 
 
 def read_report_documents(storage: DocumentStorage, pointer: ReportPointer) -> pd.DataFrame:
@@ -173,7 +162,7 @@ def quality_report(
     files: dict[str, str] = {}
 
     def put(name: str, data: bytes) -> str:
-        key = layout.quality_report(day, name)
+        key = storage_keys.quality_report(day, name)
         files[name] = storage.write_bytes(key, data)
         return key
 
@@ -193,7 +182,7 @@ def quality_report(
     registry = prometheus.registry_for(everything, report, now)
     put("metrics.prom", prometheus.exposition(registry).encode())
     pointer = ReportPointer(day=day, evaluated_at=now, documents_csv=documents_key, slo_json=slo_key)
-    storage.write_model(layout.quality_report_latest(), pointer)
+    storage.write_model(storage_keys.quality_report_latest(), pointer)
 
     pushed = None
     if pushgateway.configured:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from medkg_pdf.partitions import is_document_id
+from medkg_pdf.document_ids import is_document_id
 
 
 def _doc(document_id: str) -> str:

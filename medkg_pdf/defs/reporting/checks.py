@@ -18,8 +18,8 @@ from dagster import (
     multi_asset_check,
 )
 
-from medkg_pdf import layout, slo
-from medkg_pdf.assets.report import ReportPointer, read_report_documents
+from medkg_pdf import storage_keys, slo
+from medkg_pdf.defs.reporting.assets import ReportPointer, read_report_documents
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
 
@@ -118,7 +118,7 @@ def error_rate_result(report: slo.SloReport) -> AssetCheckResult:
 def quality_report_slos(
     context: AssetCheckExecutionContext, storage: DocumentStorage, quality_targets: QualityTargets
 ) -> Iterator[AssetCheckResult]:
-    pointer = storage.read_model_or_none(layout.quality_report_latest(), ReportPointer)
+    pointer = storage.read_model_or_none(storage_keys.quality_report_latest(), ReportPointer)
     if pointer is None:
         for spec in SPECS:
             yield AssetCheckResult(check_name=spec.name, passed=False, description="no quality report has been written yet")

@@ -5,9 +5,9 @@ from collections import Counter
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from medkg_pdf import layout, metrics
-from medkg_pdf.assets.common import current_source, require_version, run_document
-from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf import storage_keys, metrics
+from medkg_pdf.defs.document_steps import current_source, require_version, run_document
+from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import BaselineParse, DocumentQuality, PageQuality, StructuredDocument
 
@@ -79,10 +79,10 @@ def _page_table(quality: DocumentQuality) -> str:
 def parse_quality(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
     def score(document_id: str) -> dict:
         sha256 = current_source(storage, document_id).sha256
-        document = require_version(storage, layout.structured_json(document_id), StructuredDocument, "the structured document", sha256)
-        baseline = require_version(storage, layout.baseline(document_id), BaselineParse, "the text-layer baseline", sha256)
+        document = require_version(storage, storage_keys.structured_json(document_id), StructuredDocument, "the structured document", sha256)
+        baseline = require_version(storage, storage_keys.baseline(document_id), BaselineParse, "the text-layer baseline", sha256)
         quality = compare(document, baseline)
-        storage.write_model(layout.quality(document_id), quality)
+        storage.write_model(storage_keys.quality(document_id), quality)
         return {
             "match_score": quality.match_score if quality.match_score is not None else "no baseline",
             "edit_similarity": quality.edit_similarity if quality.edit_similarity is not None else "no baseline",

@@ -42,8 +42,8 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from medkg_pdf.jobs import DOCUMENT_CHAIN, document_chain_job
-from medkg_pdf.partitions import documents
+from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN, document_chain_job
+from medkg_pdf.defs.partitions import documents
 from medkg_pdf.resources.inbox import InboxConfig
 from medkg_pdf.resources.storage import DocumentStorage, S3Storage
 from medkg_pdf.sources import register, s3_ref

@@ -1,14 +1,10 @@
-"""The `documents` dynamic partitions and the rule that turns a source name into a partition key."""
+"""The rule that turns a source name into a document id (the `documents` partition key)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import unicodedata
-
-from dagster import BackfillPolicy, DynamicPartitionsDefinition
-
-documents = DynamicPartitionsDefinition(name="documents")
 
 # Keys stay in this alphabet: commas break UI backfills (dagster #15105), slashes and dots
 # would let a key walk out of the storage root.
@@ -38,9 +34,3 @@ def document_id(source_name: str, identity: str | None = None) -> str:
 
 def is_document_id(key: str) -> bool:
     return bool(DOCUMENT_ID_PATTERN.match(key))
-
-# One document per run, on every launch path: Dagster records a materialization for every
-# partition of a step and cannot fail just one of them (dagster-io/dagster#17836), so a document
-# is only honestly failed or done in a run of its own. Concurrency comes from the run queue and the
-# `vllm` pool (see dagster.yaml), not from batching documents into one run.
-document_backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=1)

@@ -33,9 +33,9 @@ from dagster import (
     schedule,
 )
 
-from medkg_pdf import layout
-from medkg_pdf.jobs import DOCUMENT_CHAIN, document_chain_job
-from medkg_pdf.partitions import documents
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN, document_chain_job
+from medkg_pdf.defs.partitions import documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import QuarantineRecord, SourceRef, utc_now
 
@@ -67,7 +67,7 @@ def quarantine_records(storage: DocumentStorage) -> dict[str, QuarantineRecord]:
 
 def _outdated(storage: DocumentStorage, document_id: str, record: QuarantineRecord) -> bool:
     """The verdict was on an older source version: the registered one has not been tried yet."""
-    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    ref = storage.read_model_or_none(storage_keys.source_ref(document_id), SourceRef)
     if ref is None:
         return False
     if record.registered_at is not None:

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, multi_asset
 
-from medkg_pdf import layout
-from medkg_pdf.assets.common import (
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.document_steps import (
     DocumentError,
     clear_quarantine,
     current_source,
@@ -24,8 +24,8 @@ from medkg_pdf.assets.common import (
     require_version,
     the_document,
 )
-from medkg_pdf.assets.render import RenderConfig, iter_rendered, render_processes
-from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf.rendering import RenderConfig, iter_rendered, render_processes
+from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.resources.vllm import ModelServerError, PageRequest, VLLMResource
@@ -57,7 +57,7 @@ def safe_preview(markdown: str) -> str:
 
 def reusable_manifest(storage: DocumentStorage, document_id: str, sha256: str, config: RenderConfig) -> PageImages | None:
     """The stored page images of this very PDF at this DPI, when every PNG is still there."""
-    manifest = storage.read_model_or_none(layout.page_images(document_id), PageImages)
+    manifest = storage.read_model_or_none(storage_keys.page_images(document_id), PageImages)
     if manifest is None or manifest.sha256 != sha256 or manifest.dpi != config.dpi:
         return None
     if not all(storage.exists(image.key) for image in manifest.pages):
@@ -118,7 +118,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
     info = current_source(storage, document_id)
     manifest = reusable_manifest(storage, document_id, info.sha256, config)
     if manifest is None and not render_wanted:
-        require_version(storage, layout.page_images(document_id), PageImages, "the page images", info.sha256)
+        require_version(storage, storage_keys.page_images(document_id), PageImages, "the page images", info.sha256)
     images: dict[int, PageImage] = {}
     rendered = {"done": False, "reused": manifest is not None}
     results: dict[int, PageParse] = {}
@@ -141,7 +141,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
             if not parse_wanted:
                 continue
             key = vllm.cache_key(info.sha256, image.index, config.dpi)
-            previous = storage.read_model_or_none(layout.page_parse(info.sha256, image.index, key), PageParse)
+            previous = storage.read_model_or_none(storage_keys.page_parse(info.sha256, image.index, key), PageParse)
             if previous is not None and previous.status.usable:
                 results[image.index] = previous.model_copy(update={"document_id": document_id})
                 cached += 1
@@ -156,7 +156,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
             )
 
     def store(parse: PageParse) -> None:
-        storage.write_model(layout.page_parse(info.sha256, parse.page_index, parse.cache_key), parse)
+        storage.write_model(storage_keys.page_parse(info.sha256, parse.page_index, parse.cache_key), parse)
         results[parse.page_index] = parse
         fresh.add(parse.page_index)
 
@@ -179,7 +179,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
         ordered = [images[index] for index in sorted(images)]
         if manifest is None:
             manifest = PageImages(document_id=document_id, sha256=info.sha256, dpi=config.dpi, pages=ordered)
-            storage.write_model(layout.page_images(document_id), manifest)
+            storage.write_model(storage_keys.page_images(document_id), manifest)
         if render_wanted:
             seconds = time.perf_counter() - started
             yield MaterializeResult(
@@ -216,9 +216,9 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
         raise DocumentError(f"{info.page_count - len(parses)} pages have no result", retryable=True, reason="pages_missing")
     error = failed_pages_error(parses, quality_targets.max_failed_page_share)
     if error is not None:
-        storage.delete(layout.page_parses(document_id))  # no record of another attempt stands in for this one
+        storage.delete(storage_keys.page_parses(document_id))  # no record of another attempt stands in for this one
         raise error
-    storage.write_model(layout.page_parses(document_id), record)
+    storage.write_model(storage_keys.page_parses(document_id), record)
     counts = Counter(parse.status.value for parse in parses)
     metadata = {
         "pages": len(parses),

@@ -6,16 +6,16 @@ outage: the check names them; documents without an accepted baseline are skipped
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
 
-from medkg_pdf import layout
-from medkg_pdf.assets.regression import regression_quality
-from medkg_pdf.checks.common import CHECK_PARTITIONS, Finding, run_documents, summarize
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.regression.assets import regression_quality
+from medkg_pdf.defs.check_support import CHECK_PARTITIONS, Finding, run_documents, summarize
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import RegressionQuality
 
 
 def judge_regression(storage: DocumentStorage, document_id: str) -> Finding:
-    record = storage.read_model_or_none(layout.regression(document_id), RegressionQuality)
+    record = storage.read_model_or_none(storage_keys.regression(document_id), RegressionQuality)
     if record is None or record.verdict == "no_baseline":
         return Finding(document_id, "skipped", None, "no accepted baseline")
     note = "; ".join(record.reasons) or record.verdict

@@ -3,7 +3,7 @@ the document's current source version.
 
 Dagster writes a materialization for every partition of a step and cannot fail one partition of
 a multi-partition step (dagster-io/dagster#17836), so every document asset runs one document per
-run (`BackfillPolicy.multi_run(1)`, see `partitions.py`); a step handed several partitions fails
+run (`BackfillPolicy.multi_run(1)`, see `defs/partitions.py`); a step handed several partitions fails
 before touching any of them. A document that cannot go on raises `DocumentError`: the step fails
 with the reason (what the UI shows for that partition), and a quarantine record says whether the
 failure is permanent (never retried automatically) or transient. Transient failures are retried
@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, RetryRequested
 
-from medkg_pdf import layout
+from medkg_pdf import storage_keys
+from medkg_pdf.errors import DocumentError
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import QuarantineRecord, SourceInfo, SourceRef, utc_now
 
@@ -37,15 +38,6 @@ RECONCILE_BACKOFF = timedelta(minutes=15)  # doubled after every failed run
 RECONCILE_BACKOFF_MAX = timedelta(hours=6)
 
 
-class DocumentError(Exception):
-    """A document-level failure with a reason a person understands; permanent unless `retryable`."""
-
-    def __init__(self, message: str, *, retryable: bool = False, reason: str = "invalid_input"):
-        super().__init__(message)
-        self.retryable = retryable
-        self.reason = reason
-
-
 def next_attempt(at: datetime, failed_attempts: int) -> datetime:
     runs = max(1, -(-failed_attempts // ATTEMPTS_PER_RUN))
     return at + min(RECONCILE_BACKOFF * 2 ** (runs - 1), RECONCILE_BACKOFF_MAX)
@@ -53,9 +45,9 @@ def next_attempt(at: datetime, failed_attempts: int) -> datetime:
 
 def quarantine(storage: DocumentStorage, document_id: str, stage: str, error: DocumentError, run_id: str | None = None) -> QuarantineRecord:
     """Record a document's failure; repeated transient failures of one source version count up."""
-    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    ref = storage.read_model_or_none(storage_keys.source_ref(document_id), SourceRef)
     registered_at = ref.arrived_at if ref is not None else None
-    earlier = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+    earlier = storage.read_model_or_none(storage_keys.quarantine(document_id), QuarantineRecord)
     same_version = earlier is not None and earlier.registered_at == registered_at
     failed_attempts = earlier.failed_attempts + 1 if same_version and earlier.retryable else 1
     now = utc_now()
@@ -73,19 +65,19 @@ def quarantine(storage: DocumentStorage, document_id: str, stage: str, error: Do
         dead_letter=dead_letter,
         run_id=run_id,
     )
-    storage.write_model(layout.quarantine(document_id), record)
+    storage.write_model(storage_keys.quarantine(document_id), record)
     return record
 
 
 def clear_quarantine(storage: DocumentStorage, document_id: str, stage: str) -> None:
     """A stage that now succeeds lifts its own verdict, and any verdict on an older source version."""
-    record = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+    record = storage.read_model_or_none(storage_keys.quarantine(document_id), QuarantineRecord)
     if record is None:
         return
-    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    ref = storage.read_model_or_none(storage_keys.source_ref(document_id), SourceRef)
     outdated = ref is not None and record.registered_at is not None and record.registered_at != ref.arrived_at
     if record.stage == stage or outdated or stage == "parse_quality":
-        storage.delete(layout.quarantine(document_id))
+        storage.delete(storage_keys.quarantine(document_id))
 
 
 def require(storage: DocumentStorage, key: str, model: type, what: str):
@@ -97,8 +89,8 @@ def require(storage: DocumentStorage, key: str, model: type, what: str):
 
 def current_source(storage: DocumentStorage, document_id: str) -> SourceInfo:
     """The validated source of the version registered now; never an older version's record."""
-    info = require(storage, layout.source_info(document_id), SourceInfo, "the validated source PDF")
-    ref = storage.read_model_or_none(layout.source_ref(document_id), SourceRef)
+    info = require(storage, storage_keys.source_info(document_id), SourceInfo, "the validated source PDF")
+    ref = storage.read_model_or_none(storage_keys.source_ref(document_id), SourceRef)
     if ref is not None and info.source != ref:
         raise DocumentError(
             f"the stored source ({info.source.etag or info.sha256[:12]}, {info.source.arrived_at.isoformat()}) is not the "
@@ -138,7 +130,7 @@ def fail_document(
     context: AssetExecutionContext, storage: DocumentStorage, stage: str, document_id: str, error: DocumentError
 ) -> Failure | RetryRequested:
     """Quarantine the document and say everything in the step's failure (what the UI shows), or retry it."""
-    earlier = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+    earlier = storage.read_model_or_none(storage_keys.quarantine(document_id), QuarantineRecord)
     if error.reason == "upstream_missing" and earlier is not None and earlier.stage != stage:
         # the first stage's record and reason stand: that is what a person needs to read
         error = DocumentError(f"skipped: {earlier.stage} failed: {earlier.message}", retryable=False, reason=earlier.reason)

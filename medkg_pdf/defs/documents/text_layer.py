@@ -4,9 +4,9 @@
 import pymupdf
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from medkg_pdf import layout
-from medkg_pdf.assets.common import current_source, run_document
-from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.document_steps import current_source, run_document
+from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import BaselinePage, BaselineParse
 
@@ -35,7 +35,7 @@ def baseline_parse(context: AssetExecutionContext, storage: DocumentStorage) -> 
     def extract(document_id: str) -> dict:
         info = current_source(storage, document_id)
         baseline = extract_baseline(storage.read_bytes(info.stored_at), document_id, info.sha256)
-        storage.write_model(layout.baseline(document_id), baseline)
+        storage.write_model(storage_keys.baseline(document_id), baseline)
         return {
             "pages": len(baseline.pages),
             "pages_with_text_layer": sum(p.has_text_layer for p in baseline.pages),

@@ -28,8 +28,8 @@ import pymupdf
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
-from medkg_pdf import layout
-from medkg_pdf.assets.common import DocumentError
+from medkg_pdf import storage_keys
+from medkg_pdf.errors import DocumentError
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import PageImage
 from medkg_pdf.validation import MAX_IMAGE_BYTES
@@ -126,7 +126,7 @@ def render_pages(
     """Render pages [start, stop) of an open document one by one, each PNG written to storage before it is yielded."""
     for number in range(start, stop):
         page = doc[number]
-        key = layout.page_png(sha256, dpi, page.number)
+        key = storage_keys.page_png(sha256, dpi, page.number)
         try:
             rendered = render_page(page, key, dpi, max_bytes)
         except DocumentError:

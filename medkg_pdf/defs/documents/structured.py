@@ -3,10 +3,10 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from medkg_pdf import layout
-from medkg_pdf.assets.common import current_source, require_version, run_document
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.document_steps import current_source, require_version, run_document
 from medkg_pdf.markdown_blocks import markdown_to_blocks
-from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import Block, PageImages, PageParse, PageParses, Section, StructuredDocument
 
@@ -92,13 +92,13 @@ def to_markdown(document: StructuredDocument) -> str:
 def structured_document(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
     def assemble(document_id: str) -> dict:
         sha256 = current_source(storage, document_id).sha256
-        parses = require_version(storage, layout.page_parses(document_id), PageParses, "the page parses", sha256)
-        images = storage.read_model_or_none(layout.page_images(document_id), PageImages)
+        parses = require_version(storage, storage_keys.page_parses(document_id), PageParses, "the page parses", sha256)
+        images = storage.read_model_or_none(storage_keys.page_images(document_id), PageImages)
         if images is not None and images.sha256 != sha256:
             images = None
         document = build_document(parses, images)
-        storage.write_model(layout.structured_json(document_id), document)
-        storage.write_text(layout.structured_markdown(document_id), to_markdown(document))
+        storage.write_model(storage_keys.structured_json(document_id), document)
+        storage.write_text(storage_keys.structured_markdown(document_id), to_markdown(document))
         kinds: dict[str, int] = {}
         for block in document.blocks():
             kinds[block.kind] = kinds.get(block.kind, 0) + 1
@@ -108,8 +108,8 @@ def structured_document(context: AssetExecutionContext, storage: DocumentStorage
             "sections": len(document.sections),
             "blocks": kinds,
             "failed_pages": document.failed_pages,
-            "json": storage.uri(layout.structured_json(document_id)),
-            "markdown": storage.uri(layout.structured_markdown(document_id)),
+            "json": storage.uri(storage_keys.structured_json(document_id)),
+            "markdown": storage.uri(storage_keys.structured_markdown(document_id)),
         }
 
     return run_document(context, storage, "structured_document", assemble)

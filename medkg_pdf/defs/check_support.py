@@ -17,9 +17,9 @@ from typing import Literal
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue
 
-from medkg_pdf import layout
+from medkg_pdf import storage_keys
 from medkg_pdf.schemas import QuarantineRecord
-from medkg_pdf.partitions import documents
+from medkg_pdf.defs.partitions import documents
 from medkg_pdf.resources.storage import DocumentStorage
 
 # With a partitions_def, Dagster 1.13 records a single-document run's evaluation against that
@@ -53,7 +53,7 @@ def run_documents(context: AssetCheckExecutionContext) -> list[str]:
 
 def failed_upstream(storage: DocumentStorage, document_id: str, stage: str) -> QuarantineRecord | None:
     """The quarantine record when the document failed before `stage` (so `stage` never saw it)."""
-    record = storage.read_model_or_none(layout.quarantine(document_id), QuarantineRecord)
+    record = storage.read_model_or_none(storage_keys.quarantine(document_id), QuarantineRecord)
     if record is None:
         return None
     if record.stage != stage or record.reason == "upstream_missing":

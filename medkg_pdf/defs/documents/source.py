@@ -5,9 +5,9 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from medkg_pdf import layout
-from medkg_pdf.assets.common import DocumentError, require, run_document
-from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.document_steps import DocumentError, require, run_document
+from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import SourceInfo, SourceRef
 from medkg_pdf.sources import SourceReadError, read_source
@@ -33,12 +33,12 @@ def source_pdf(
 
     def ingest(document_id: str) -> dict:
         nonlocal s3_client
-        ref = require(storage, layout.source_ref(document_id), SourceRef, "the document's registration")
+        ref = require(storage, storage_keys.source_ref(document_id), SourceRef, "the document's registration")
         if ref.uri.startswith("s3://") and s3_client is None:
             s3_client = inbox_s3.get_client()
         # this version's record replaces the last one only once it is valid; until then no record
         # of an older version is left for a later stage to build on
-        storage.delete(layout.source_info(document_id))
+        storage.delete(storage_keys.source_info(document_id))
         try:
             data = read_source(ref, s3_client, config.max_bytes)
             valid = validate_pdf(data, max_pages=config.max_pages, max_bytes=config.max_bytes)
@@ -48,7 +48,7 @@ def source_pdf(
             raise DocumentError(f"{ref.name}: {error}", retryable=error.retryable, reason=error.reason) from None
         for warning in valid.warnings:
             context.log.warning(f"{document_id}: {warning}")
-        storage.write_bytes(layout.source_pdf(document_id), data)
+        storage.write_bytes(storage_keys.source_pdf(document_id), data)
         info = SourceInfo(
             document_id=document_id,
             source=ref,
@@ -58,9 +58,9 @@ def source_pdf(
             pages_with_text=valid.pages_with_text,
             repaired=valid.repaired,
             warnings=valid.warnings,
-            stored_at=layout.source_pdf(document_id),
+            stored_at=storage_keys.source_pdf(document_id),
         )
-        storage.write_model(layout.source_info(document_id), info)
+        storage.write_model(storage_keys.source_info(document_id), info)
         return {
             "sha256": valid.sha256,
             "bytes": valid.bytes,

@@ -17,8 +17,8 @@ from typing import Any, Callable
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from medkg_pdf import layout, metrics
-from medkg_pdf.partitions import document_backfill_policy, documents
+from medkg_pdf import storage_keys, metrics
+from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import (
@@ -75,7 +75,7 @@ class AcceptConfig(Config):
 )
 def accepted_baseline(context: AssetExecutionContext, config: AcceptConfig, storage: DocumentStorage) -> MaterializeResult:
     def accept(document_id: str) -> dict[str, Any]:
-        key = layout.structured_json(document_id)
+        key = storage_keys.structured_json(document_id)
         try:
             raw = storage.read_bytes(key)
         except FileNotFoundError:
@@ -85,12 +85,12 @@ def accepted_baseline(context: AssetExecutionContext, config: AcceptConfig, stor
             raise RefusedError(
                 f"pages {document.failed_pages[:10]} failed to parse: re-run them, or accept with allow_failed_pages"
             )
-        pinned = layout.pinned_structured(document.model, document.prompt_version, document_id)
+        pinned = storage_keys.pinned_structured(document.model, document.prompt_version, document_id)
         storage.write_bytes(pinned, raw)  # the exact bytes, so the pin is what the reviewer saw
-        quality = storage.read_model_or_none(layout.quality(document_id), DocumentQuality)
+        quality = storage.read_model_or_none(storage_keys.quality(document_id), DocumentQuality)
         pinned_quality = None
         if quality is not None:
-            pinned_quality = layout.pinned_quality(document.model, document.prompt_version, document_id)
+            pinned_quality = storage_keys.pinned_quality(document.model, document.prompt_version, document_id)
             storage.write_model(pinned_quality, quality)
         pointer = AcceptedBaseline(
             document_id=document_id,
@@ -101,7 +101,7 @@ def accepted_baseline(context: AssetExecutionContext, config: AcceptConfig, stor
             quality_key=pinned_quality,
             match_score=quality.match_score if quality else None,
         )
-        storage.write_model(layout.accepted_baseline(document_id), pointer)
+        storage.write_model(storage_keys.accepted_baseline(document_id), pointer)
         return {
             "model": document.model,
             "prompt_version": document.prompt_version,
@@ -216,10 +216,10 @@ def regression_quality(
     context: AssetExecutionContext, storage: DocumentStorage, quality_targets: QualityTargets
 ) -> MaterializeResult:
     def compare(document_id: str) -> dict[str, Any]:
-        current = storage.read_model_or_none(layout.structured_json(document_id), StructuredDocument)
+        current = storage.read_model_or_none(storage_keys.structured_json(document_id), StructuredDocument)
         if current is None:
             raise RefusedError("no current structured document: materialize the document chain first")
-        pointer = storage.read_model_or_none(layout.accepted_baseline(document_id), AcceptedBaseline)
+        pointer = storage.read_model_or_none(storage_keys.accepted_baseline(document_id), AcceptedBaseline)
         pinned = storage.read_model_or_none(pointer.structured_key, StructuredDocument) if pointer else None
         if pointer is None or pinned is None:
             result = RegressionQuality(
@@ -230,11 +230,11 @@ def regression_quality(
                 current_prompt_version=current.prompt_version,
             )
         else:
-            quality = storage.read_model_or_none(layout.quality(document_id), DocumentQuality)
+            quality = storage.read_model_or_none(storage_keys.quality(document_id), DocumentQuality)
             result = compare_documents(
                 current, pinned, quality_targets, pointer=pointer, current_score=quality.match_score if quality else None
             )
-        storage.write_model(layout.regression(document_id), result)
+        storage.write_model(storage_keys.regression(document_id), result)
         worst_pages = sorted(result.pages, key=lambda p: p.word_f1)[:5]
         return {
             "verdict": result.verdict,
