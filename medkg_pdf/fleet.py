@@ -15,10 +15,8 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from medkg_pdf import storage_keys
-from medkg_pdf.schemas import QuarantineRecord
-from medkg_pdf.document_ids import is_document_id
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import DocumentQuality, PageParses, RegressionQuality, SourceRef
+from medkg_pdf.schemas import DocumentQuality, PageParses, QuarantineRecord, RegressionQuality, SourceRef
 
 READ_WORKERS = 16
 
@@ -34,13 +32,8 @@ DETAIL_COLUMNS = [
 
 
 def document_ids(storage: DocumentStorage) -> list[str]:
-    suffix = "/source-ref.json"
-    keys = storage.list_keys("documents")
-    return sorted(
-        key[len("documents/") : -len(suffix)]
-        for key in keys
-        if key.endswith(suffix) and is_document_id(key[len("documents/") : -len(suffix)])
-    )
+    found = (storage_keys.registered_document_id(key) for key in storage.list_keys(storage_keys.DOCUMENTS_PREFIX))
+    return sorted(document_id for document_id in found if document_id is not None)
 
 
 def _map(function: Callable[[str], Any], items: Iterable[str]) -> list[Any]:

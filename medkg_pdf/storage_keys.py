@@ -1,4 +1,4 @@
-"""The storage layout: every key the pipeline reads or writes is built here, nowhere else.
+"""Storage keys: every key the pipeline reads, writes or lists is built (and parsed) here, nowhere else.
 
 Per-document records live under `documents/<id>/`; page images and page parses live under
 `cache/<pdf sha256>/`, keyed by content, so identical PDFs under two names share their work and
@@ -12,15 +12,29 @@ import re
 from medkg_pdf.document_ids import is_document_id
 
 
+DOCUMENTS_PREFIX = "documents"
+QUARANTINE_PREFIX = "quarantine"
+_SOURCE_REF = "source-ref.json"
+
+
 def _doc(document_id: str) -> str:
     if not is_document_id(document_id):
         raise ValueError(f"not a document id: {document_id[:200]!r}")
-    return f"documents/{document_id}"
+    return f"{DOCUMENTS_PREFIX}/{document_id}"
+
+
+def registered_document_id(key: str) -> str | None:
+    """The document a listed key registers (`documents/<id>/source-ref.json`), or None for any other key."""
+    head, _, name = key.rpartition("/")
+    prefix, _, document_id = head.partition("/")
+    if name != _SOURCE_REF or prefix != DOCUMENTS_PREFIX or not is_document_id(document_id):
+        return None
+    return document_id
 
 
 def source_ref(document_id: str) -> str:
     """Registration: where the document comes from; written by the sensor or the CLI."""
-    return f"{_doc(document_id)}/source-ref.json"
+    return f"{_doc(document_id)}/{_SOURCE_REF}"
 
 
 def source_pdf(document_id: str) -> str:
@@ -56,7 +70,7 @@ def quality(document_id: str) -> str:
 
 
 def quarantine(document_id: str) -> str:
-    return f"quarantine/{document_id}.json"
+    return f"{QUARANTINE_PREFIX}/{document_id}.json"
 
 
 def page_png(sha256: str, dpi: int, page_index: int) -> str:

@@ -4,6 +4,7 @@ import boto3
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from medkg_pdf import storage_keys
 from medkg_pdf.resources.storage import LocalStorage, S3Storage, UnsafeKeyError
 from medkg_pdf.schemas import BaselinePage
 
@@ -62,3 +63,10 @@ def test_local_writes_leave_no_partial_files(tmp_path):
     storage.write_bytes("documents/a/big.bin", b"y" * 10)
     assert storage.read_bytes("documents/a/big.bin") == b"y" * 10
     assert [p.name for p in (tmp_path / "documents" / "a").iterdir()] == ["big.bin"]
+
+
+def test_a_listing_is_read_back_into_document_ids_by_the_keys_module_alone():
+    document_id = "label-0123456789"
+    assert storage_keys.registered_document_id(storage_keys.source_ref(document_id)) == document_id
+    for other in (storage_keys.source_info(document_id), storage_keys.quarantine(document_id), "documents/../source-ref.json", "documents/x/y/source-ref.json"):
+        assert storage_keys.registered_document_id(other) is None

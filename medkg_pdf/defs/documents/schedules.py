@@ -58,7 +58,7 @@ class Reconciliation:
 def quarantine_records(storage: DocumentStorage) -> dict[str, QuarantineRecord]:
     """Every quarantined document (one listing, then only the quarantined records are read)."""
     records = {}
-    for key in storage.list_keys("quarantine"):
+    for key in storage.list_keys(storage_keys.QUARANTINE_PREFIX):
         record = storage.read_model_or_none(key, QuarantineRecord)
         if record is not None:
             records[record.document_id] = record

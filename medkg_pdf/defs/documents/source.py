@@ -1,13 +1,13 @@
 """Stage 1: the raw PDF as it arrived, validated and copied into storage."""
 
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.document_steps import DocumentError, require, run_document
-from medkg_pdf.defs.partitions import document_backfill_policy, documents
+from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import SourceInfo, SourceRef
 from medkg_pdf.sources import SourceReadError, read_source
@@ -19,9 +19,7 @@ class SourceConfig(Config):
     max_bytes: int = Field(default=MAX_PDF_BYTES, description="Largest accepted PDF (100 MiB by default).")
 
 
-@asset(
-    partitions_def=documents,
-    backfill_policy=document_backfill_policy,
+@document_asset(
     group_name="documents",
     kinds={"pdf"},
     description="The raw PDF, validated (magic bytes, size, opens, not encrypted, page cap) and stored as-is.",

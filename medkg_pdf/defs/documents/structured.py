@@ -1,12 +1,12 @@
 """Stage 4: page parses assembled into one typed document, written as JSON and as markdown."""
 
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.document_steps import current_source, require_version, run_document
 from medkg_pdf.markdown_blocks import markdown_to_blocks
-from medkg_pdf.defs.partitions import document_backfill_policy, documents
+from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import Block, PageImages, PageParse, PageParses, Section, StructuredDocument
 
@@ -81,9 +81,7 @@ def to_markdown(document: StructuredDocument) -> str:
     return "\n\n".join(out) + "\n"
 
 
-@asset(
-    partitions_def=documents,
-    backfill_policy=document_backfill_policy,
+@document_asset(
     group_name="documents",
     deps=["vlm_page_parses"],
     kinds={"json", "markdown"},

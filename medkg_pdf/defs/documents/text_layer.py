@@ -2,11 +2,11 @@
 
 
 import pymupdf
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import AssetExecutionContext, MaterializeResult
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.document_steps import current_source, run_document
-from medkg_pdf.defs.partitions import document_backfill_policy, documents
+from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import BaselinePage, BaselineParse
 
@@ -23,9 +23,7 @@ def extract_baseline(pdf: bytes, document_id: str, sha256: str) -> BaselineParse
     return BaselineParse(document_id=document_id, sha256=sha256, pages=pages)
 
 
-@asset(
-    partitions_def=documents,
-    backfill_policy=document_backfill_policy,
+@document_asset(
     group_name="documents",
     deps=["source_pdf"],
     kinds={"json"},

@@ -42,6 +42,7 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
+from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN, document_chain_job
 from medkg_pdf.defs.partitions import documents
 from medkg_pdf.resources.inbox import InboxConfig
@@ -172,7 +173,7 @@ def _own_storage_prefix(storage: DocumentStorage, bucket: str) -> str | None:
     """When documents are stored in the inbox bucket, the stored copies (`.../source.pdf`) must
     not be taken for arrivals: that would feed the pipeline its own output."""
     if isinstance(storage, S3Storage) and storage.bucket == bucket:
-        return storage.uri("documents/x").removeprefix(f"s3://{bucket}/")[: -len("x")]
+        return storage.uri(storage_keys.DOCUMENTS_PREFIX).removeprefix(f"s3://{bucket}/") + "/"
     return None
 
 

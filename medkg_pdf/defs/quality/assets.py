@@ -3,11 +3,11 @@
 
 from collections import Counter
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from medkg_pdf import storage_keys, metrics
 from medkg_pdf.defs.document_steps import current_source, require_version, run_document
-from medkg_pdf.defs.partitions import document_backfill_policy, documents
+from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import BaselineParse, DocumentQuality, PageQuality, StructuredDocument
 
@@ -68,9 +68,7 @@ def _page_table(quality: DocumentQuality) -> str:
     return "\n".join(rows)
 
 
-@asset(
-    partitions_def=documents,
-    backfill_policy=document_backfill_policy,
+@document_asset(
     group_name="documents",
     deps=["structured_document", "baseline_parse"],
     kinds={"json"},

@@ -14,11 +14,11 @@ about whether the document was processed, so it must not count against the error
 from collections import Counter
 from typing import Any, Callable
 
-from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue
 from pydantic import Field
 
 from medkg_pdf import storage_keys, metrics
-from medkg_pdf.defs.partitions import document_backfill_policy, documents
+from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import (
@@ -64,9 +64,7 @@ class AcceptConfig(Config):
     )
 
 
-@asset(
-    partitions_def=documents,
-    backfill_policy=document_backfill_policy,
+@document_asset(
     group_name="regression",
     deps=["structured_document", "parse_quality"],
     kinds={"json"},
@@ -203,9 +201,7 @@ def compare_documents(
     )
 
 
-@asset(
-    partitions_def=documents,
-    backfill_policy=document_backfill_policy,
+@document_asset(
     group_name="regression",
     deps=["structured_document", "parse_quality", "accepted_baseline"],
     kinds={"json"},
