@@ -22,6 +22,6 @@ document_chain_job = define_asset_job(
     description=(
         "The whole chain for the selected documents: PDF intake, page images, VLM parsing, structured "
         "document, text-layer baseline and parse quality. The S3 arrival sensor and the hourly "
-        "reconciliation schedule launch it; backfills group 10 documents per run."
+        "reconciliation schedule launch it; every launch path, backfills included, runs one document per run."
     ),
 )
