@@ -8,6 +8,7 @@ a re-run reuses every finished page.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from medkg_pdf.document_ids import is_document_id
 
@@ -32,41 +33,27 @@ def registered_document_id(key: str) -> str | None:
     return document_id
 
 
-def source_ref(document_id: str) -> str:
-    """Registration: where the document comes from; written by the sensor or the CLI."""
-    return f"{_doc(document_id)}/{_SOURCE_REF}"
+def _document_record(file_name: str, why: str = "") -> Callable[[str], str]:
+    """A key builder for one file under `documents/<id>/` (the id is checked every time)."""
+
+    def key(document_id: str) -> str:
+        return f"{_doc(document_id)}/{file_name}"
+
+    key.__doc__ = f"`documents/<id>/{file_name}`" + (f": {why}" if why else "")
+    return key
 
 
-def source_pdf(document_id: str) -> str:
-    return f"{_doc(document_id)}/source.pdf"
-
-
-def source_info(document_id: str) -> str:
-    return f"{_doc(document_id)}/source.json"
-
-
-def page_images(document_id: str) -> str:
-    return f"{_doc(document_id)}/page-images.json"
-
-
-def page_parses(document_id: str) -> str:
-    return f"{_doc(document_id)}/page-parses.json"
-
-
-def structured_json(document_id: str) -> str:
-    return f"{_doc(document_id)}/structured.json"
-
-
-def structured_markdown(document_id: str) -> str:
-    return f"{_doc(document_id)}/structured.md"
-
-
-def baseline(document_id: str) -> str:
-    return f"{_doc(document_id)}/baseline.json"
-
-
-def quality(document_id: str) -> str:
-    return f"{_doc(document_id)}/quality.json"
+source_ref = _document_record(_SOURCE_REF, "registration, where the document comes from (sensor or CLI)")
+source_pdf = _document_record("source.pdf", "the validated PDF, stored as-is")
+source_info = _document_record("source.json", "what was validated (sha256, pages, ETag)")
+page_images = _document_record("page-images.json", "the manifest of the page PNGs")
+page_parses = _document_record("page-parses.json", "every page's answer and status")
+structured_json = _document_record("structured.json")
+structured_markdown = _document_record("structured.md")
+baseline = _document_record("baseline.json", "the PDF's text layer per page")
+quality = _document_record("quality.json")
+accepted_baseline = _document_record("accepted-baseline.json", "which pinned document is the accepted baseline")
+regression = _document_record("regression.json")
 
 
 def quarantine(document_id: str) -> str:
@@ -89,24 +76,15 @@ def safe_segment(name: str) -> str:
     return segment
 
 
-def pinned_structured(model: str, prompt_version: str, document_id: str) -> str:
+def pinned_structured(model: str, prompt_version: str, document_id: str, suffix: str = ".json") -> str:
     """A structured document accepted as the regression baseline, kept per model and prompt version."""
     _doc(document_id)
-    return f"baselines/{safe_segment(model)}/{safe_segment(prompt_version)}/{document_id}.json"
+    return f"baselines/{safe_segment(model)}/{safe_segment(prompt_version)}/{document_id}{suffix}"
 
 
 def pinned_quality(model: str, prompt_version: str, document_id: str) -> str:
-    _doc(document_id)
-    return f"baselines/{safe_segment(model)}/{safe_segment(prompt_version)}/{document_id}.quality.json"
-
-
-def accepted_baseline(document_id: str) -> str:
-    """Which pinned structured document is the accepted baseline of this document."""
-    return f"{_doc(document_id)}/accepted-baseline.json"
-
-
-def regression(document_id: str) -> str:
-    return f"{_doc(document_id)}/regression.json"
+    """The quality record pinned beside its structured document."""
+    return pinned_structured(model, prompt_version, document_id, suffix=".quality.json")
 
 
 def quality_report(day: str, name: str) -> str:
