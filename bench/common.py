@@ -181,7 +181,7 @@ def long_pdf(lines: list[str], pages: int) -> bytes:
     superlinear: ~2 min for 1 000 pages, this takes ~1 s)."""
     import pymupdf
 
-    from medkg_pdf_tests.pdf_factory import text_pdf
+    from medkg_pdf_tests.support.pdf_factory import text_pdf
 
     base = text_pdf(lines, pages=min(pages, 10))
     if pages <= 10:
@@ -190,6 +190,18 @@ def long_pdf(lines: list[str], pages: int) -> bytes:
     for number in range(10, pages):
         doc.fullcopy_page(number % 10)
     data = doc.tobytes(garbage=3, deflate=True, no_new_id=True)
+    doc.close()
+    return data
+
+
+def variant_pdf(base: bytes, pages: int, tag: str) -> bytes:
+    """The first `pages` pages of `base`, made a distinct file (its own sha256, so nothing is cached)."""
+    import pymupdf
+
+    doc = pymupdf.open(stream=base, filetype="pdf")
+    doc.select(list(range(pages)))
+    doc.set_metadata({"title": tag, "producer": "medkg-pdf bench"})
+    data = doc.tobytes(garbage=3, deflate=True)
     doc.close()
     return data
 
@@ -227,7 +239,7 @@ def open_instance(home: Path):
 
 
 def register_paths(storage, instance, paths: list[Path]) -> list[str]:
-    from medkg_pdf.sources import register_files
+    from medkg_pdf_tests.support.chain import register_files
 
     return register_files(storage, instance, paths)
 

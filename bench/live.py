@@ -1,6 +1,6 @@
 """Shared by bench/live_slo.py and bench/live_backfill.py: a live Dagster against the simulator.
 
-The webserver + daemon come from `medkg_pdf_tests.live_dagster` (the e2e test's helpers: the repo's
+The webserver + daemon come from `medkg_pdf_tests.support.live_dagster` (the e2e test's helpers: the repo's
 dagster.yaml copied into a temp DAGSTER_HOME, `dagster instance migrate`, both processes in their own
 sessions); this module adds what the benches need around it: a moto S3 server, the dagster.yaml
 settings a bench may override (run queue, backfill tag limit, pool), the environment of the code
@@ -87,7 +87,7 @@ def write_home(home: Path, runs: int | None = None, backfill_runs: int | None = 
     returns the settings in effect."""
     import yaml
 
-    from medkg_pdf_tests.live_dagster import write_instance
+    from medkg_pdf_tests.support.live_dagster import write_instance
 
     write_instance(home, None)
     path = home / "dagster.yaml"

@@ -2,7 +2,7 @@
 
 Workload: 24 distinct PDFs of 20-40 pages (seeded; local files, registered as `documents` partitions
 by hand the way test_e2e_dagster.py registers its archive: SourceRef written, GraphQL
-`addDynamicPartition`). A real `dagster-webserver` + `dagster-daemon` (medkg_pdf_tests.live_dagster,
+`addDynamicPartition`). A real `dagster-webserver` + `dagster-daemon` (medkg_pdf_tests.support.live_dagster,
 DAGSTER_HOME with a copy of the repo's dagster.yaml, optionally with the run queue, the backfill tag
 limit and the `vllm` pool limit overridden in the copy) run a partition backfill of every document
 over the whole chain (GraphQL `launchPartitionBackfill`, as the UI's Materialize dialog does): one
@@ -54,7 +54,7 @@ def parse_setting(text: str) -> tuple[int | None, int | None, int | None]:
 def backfill(dagster, partitions: list[str]) -> tuple[str, float, float]:
     """Launch a backfill of `partitions` over the chain; (id, monotonic launch time, seconds to a finished status)."""
     from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
-    from medkg_pdf_tests.live_dagster import wait_for
+    from medkg_pdf_tests.support.live_dagster import wait_for
 
     launched = time.monotonic()
     data = dagster.graphql(
@@ -83,8 +83,7 @@ def backfill(dagster, partitions: list[str]) -> tuple[str, float, float]:
 def one_setting(sim: Simulator, pdfs: list[Path], pages: int, setting: str, per_run: int) -> dict:
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.sources import file_ref, register
-    from medkg_pdf_tests.live_dagster import live_dagster
-    from medkg_pdf_tests.test_e2e_dagster import add_partition, runs_tagged
+    from medkg_pdf_tests.support.live_dagster import add_partition, live_dagster, runs_tagged
 
     root = Path(tempfile.mkdtemp(prefix="medkg-live-backfill-"))
     try:

@@ -3,7 +3,7 @@
 PDFs of 5-30 pages (seeded; every PDF has its own text and bytes, so no page comes from the
 cache) are uploaded to an S3 inbox (moto in server mode) at Poisson arrival times (seeded; exactly rate x
 duration PDFs, 72/h by default, >= the 60/h SLO) for `--minutes` (15) of real time. A real `dagster-webserver` and
-`dagster-daemon` (medkg_pdf_tests.live_dagster; DAGSTER_HOME holds a copy of the repo's
+`dagster-daemon` (medkg_pdf_tests.support.live_dagster; DAGSTER_HOME holds a copy of the repo's
 dagster.yaml) run the `s3_arrival_sensor` (turned on through GraphQL `startSensor`, its default
 30 s interval unless `--sensor-interval`), which registers each PDF and requests one
 `document_chain_job` run; the QueuedRunCoordinator starts them (`max_concurrent_runs`), each in its
@@ -59,8 +59,7 @@ def measure(minutes: float = 15, rate_per_h: float = 72, seed: int = 20261124, s
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.schemas import DocumentQuality, PageParses
     from medkg_pdf.sources import s3_ref
-    from medkg_pdf_tests.live_dagster import live_dagster
-    from medkg_pdf_tests.test_e2e_dagster import SENSOR, runs_tagged
+    from medkg_pdf_tests.support.live_dagster import SENSOR, live_dagster, runs_tagged
 
     plan = arrivals(minutes, rate_per_h, seed)
     bodies = [page_pdf(i, pages) for i, (_, pages) in enumerate(plan)]

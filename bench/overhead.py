@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.common import REPO, Section, fresh_dir, instance_home, median, percentile, table
+from bench.common import Section, fresh_dir, instance_home, median, percentile, table
 from bench.simulator import SimParams, Simulator
 
 LINES_OF = 3  # the documents' text (bench.common.document_lines), which the server answers, so the quality checks pass
@@ -40,32 +38,11 @@ THREADS = 4  # `medkg-pdf run --workers` default
 SINGLE_RUNS = 30
 
 
-_JOB: list = []
-
-
-def chain_job():
-    """`document_chain_job` from the code location (a reconstructable target, as a run worker loads it)."""
-    if not _JOB:
-        from medkg_pdf.definitions import defs
-
-        _JOB.append(defs.get_job_def("document_chain_job"))
-    return _JOB[0]
-
-
-def import_seconds() -> float:
-    """Wall time of `import medkg_pdf.definitions` in a fresh interpreter: what every run worker and step process pays."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import medkg_pdf.definitions"], cwd=REPO, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    return time.perf_counter() - started
-
-
 def run(quick: bool = False) -> Section:
     from dagster import DagsterInstance, execute_job, materialize, reconstructable
 
-    from bench.common import QUIET, document_lines, long_pdf
-    from bench.slo import variant_pdf
+    from bench.code_location import chain_job, import_seconds
+    from bench.common import QUIET, document_lines, long_pdf, variant_pdf
     from medkg_pdf.defs.documents import document_assets
     from medkg_pdf.cli import threaded_instance
     from medkg_pdf.defs.partitions import documents

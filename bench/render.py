@@ -161,10 +161,10 @@ def run(quick: bool = False) -> Section:
 
     samples: dict[str, list[float]] = {"raw1": [], "rawN": [], "asset1": [], "assetN": [], "pymupdf1": []}
     colds = [cold(instance_home(root), stores["par"].root, ids["par"]) for _ in range(0 if quick or n == 1 else COLD_SAMPLES)]
-    from medkg_pdf.rendering import _context
+    from medkg_pdf.rendering import render_context
 
     # one forkserver per process: start it with the asset's preload (as page_images would), not bare
-    ctx = _context()
+    ctx = render_context()
     with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
         list(pool.map(_warm, range(n * 4)))
         processes = []

@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medkg_pdf_tests.vllm_double import first_image_url
+from medkg_pdf_tests.support.vllm_double import first_image_url
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the production default: a plain-markdown profile

@@ -88,7 +88,7 @@ def _worker_init(env: dict[str, str]) -> None:
     os.environ.update(env)
     from dagster import DagsterInstance
 
-    from bench.overhead import chain_job
+    from bench.code_location import chain_job
 
     chain_job()  # load the code location once, as a run worker does before its run
     _STATE.update(instance=DagsterInstance.get())
@@ -114,7 +114,7 @@ def _run_document(document_id: str) -> dict:
     from dagster import execute_job, reconstructable
 
     from bench.common import QUIET, step_times
-    from bench.overhead import chain_job
+    from bench.code_location import chain_job
 
     started = time.time()
     result = execute_job(reconstructable(chain_job), instance=_STATE["instance"], run_config=QUIET, raise_on_error=False,
@@ -122,18 +122,6 @@ def _run_document(document_id: str) -> dict:
     ended = time.time()
     return {"document_id": document_id, "success": result.success, "started": started, "ended": ended,
             "steps": step_times(_STATE["instance"], result.run_id), "pid": os.getpid()}  # fmt: skip
-
-
-def variant_pdf(base: bytes, pages: int, tag: str) -> bytes:
-    """The first `pages` pages of `base`, made a distinct file (its own sha256, so nothing is cached)."""
-    import pymupdf
-
-    doc = pymupdf.open(stream=base, filetype="pdf")
-    doc.select(list(range(pages)))
-    doc.set_metadata({"title": tag, "producer": "medkg-pdf bench"})
-    data = doc.tobytes(garbage=3, deflate=True)
-    doc.close()
-    return data
 
 
 def max_concurrent_runs() -> int:
@@ -221,7 +209,7 @@ def overlap(intervals: list[tuple[float, float]]) -> int:
 def run(quick: bool = False) -> Section:
     from dagster import DagsterInstance
 
-    from bench.common import document_lines, long_pdf
+    from bench.common import document_lines, long_pdf, variant_pdf
     from medkg_pdf import storage_keys
     from bench.common import PAGES_STEP
     from medkg_pdf.defs.partitions import documents
@@ -330,7 +318,7 @@ def run(quick: bool = False) -> Section:
         bound.append(total * FACTOR)
         page_latency += [p.latency_s * FACTOR for p in (parses.pages if parses else [])]
         rows.append((doc, pages, total, queue, pool_wait, shape.step))
-    from bench.overhead import import_seconds
+    from bench.code_location import import_seconds
 
     launch = median([import_seconds() for _ in range(2)])
     tick = float(SENSOR_TICK_S)

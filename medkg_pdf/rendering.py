@@ -216,7 +216,12 @@ def _render_helper(pdf_path: str, sha256: str, dpi: int, max_bytes: int, storage
 _CONTEXT = None
 
 
-def _context():
+def render_context():
+    """The multiprocessing context render helpers start from: the forkserver, preloaded with this module.
+
+    One per process. A caller that runs its own pool beside `render_parallel` (a benchmark comparing
+    the two) takes it from here, so both share the same forkserver and its preload.
+    """
     global _CONTEXT
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
@@ -235,7 +240,7 @@ def render_parallel(
     with pymupdf.open(stream=data, filetype="pdf") as doc:
         pages = doc.page_count
         chunks = [(start, min(start + CHUNK_PAGES, pages)) for start in range(0, pages, CHUNK_PAGES)]
-        ctx = _context()
+        ctx = render_context()
         counter = ctx.Value("i", 0)
         results = ctx.Queue()
         received: set[int] = set()

@@ -119,15 +119,3 @@ def read_source(ref: SourceRef, s3_client=None, max_bytes: int = MAX_PDF_BYTES) 
             raise _s3_error(ref.uri, error) from None
     raise SourceReadError(f"unsupported source URI scheme {parsed.scheme!r}", reason="source_unreadable", retryable=False)
 
-
-def register_files(storage: DocumentStorage, instance, paths: list[Path]) -> list[str]:
-    """Register local files as `documents` partitions of a Dagster instance; returns their ids."""
-    from medkg_pdf.defs.partitions import documents
-
-    ids = []
-    for path in paths:
-        ref = file_ref(path)
-        register(storage, ref)
-        ids.append(ref.document_id)
-    instance.add_dynamic_partitions(documents.name, ids)
-    return ids

@@ -11,8 +11,7 @@ from dagster import DagsterInstance
 
 from medkg_pdf.engine.process import EmbeddedEngine, free_port
 from medkg_pdf.resources.storage import LocalStorage
-from medkg_pdf.resources.vllm import EMBEDDED_MODEL, VLLMResource
-from medkg_pdf.sources import register_files  # noqa: F401  (tests import it from here)
+from medkg_pdf.resources.vllm import EMBEDDED_MODEL
 
 warnings.filterwarnings("ignore", module="dagster")
 
@@ -66,8 +65,3 @@ def no_step_retries(request, monkeypatch):
 
         monkeypatch.setattr(document_steps, "MAX_STEP_RETRIES", 0)
 
-
-def vllm_for(url: str, **settings) -> VLLMResource:
-    defaults = dict(base_url=url, model=EMBEDDED_MODEL, backoff_initial_s=0.05, backoff_max_s=0.5)
-    defaults.update(settings)
-    return VLLMResource(**defaults)

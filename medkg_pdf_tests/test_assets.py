@@ -10,9 +10,9 @@ from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.schemas import PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
-from medkg_pdf_tests import pdf_factory
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.vllm_double import Faults, VllmDouble
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble
 
 MODEL = "medkg-embedded-ocr"
 

@@ -10,7 +10,7 @@ from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.resources.vllm import EMBEDDED_MODEL
 from medkg_pdf.schemas import PageParses, StructuredDocument
-from medkg_pdf_tests.conftest import register_files, vllm_for
+from medkg_pdf_tests.support.chain import register_files, vllm_for
 
 
 def test_ocr_boxes_become_block_provenance_in_pdf_points(tmp_path, storage, instance, embedded_engine):

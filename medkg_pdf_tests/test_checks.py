@@ -16,9 +16,9 @@ from medkg_pdf.defs.documents import document_checks, source_pdf_is_valid, struc
 from medkg_pdf.defs.documents.checks import judge_pages
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.schemas import PageParse, PageParses, PageStatus, SamplingParams, StructuredDocument
-from medkg_pdf_tests import pdf_factory
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.quality_fixtures import (
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.quality_fixtures import (
     MODEL,
     TextLayerModel,
     check_results,
@@ -29,7 +29,7 @@ from medkg_pdf_tests.quality_fixtures import (
     run,
     write_pdfs,
 )
-from medkg_pdf_tests.vllm_double import Faults, VllmDouble
+from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble
 
 LABEL = [
     "Amoxicillin capsules for oral use in adults and children over the age of twelve years",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medkg_pdf_tests import pdf_factory
-from medkg_pdf_tests.vllm_double import VllmDouble
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.vllm_double import VllmDouble
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "medkg-embedded-ocr"

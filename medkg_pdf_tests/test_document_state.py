@@ -31,9 +31,9 @@ from medkg_pdf.defs.documents.schedules import reconcile
 from medkg_pdf.schemas import QuarantineRecord, SourceRef, utc_now
 from medkg_pdf.sources import file_ref, register
 from medkg_pdf.validation import MAX_IMAGE_BYTES
-from medkg_pdf_tests import pdf_factory
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.vllm_double import VllmDouble, _RequestError, default_answer
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.vllm_double import VllmDouble, _RequestError, default_answer
 
 MODEL = "medkg-embedded-ocr"
 

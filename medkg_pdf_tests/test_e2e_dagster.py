@@ -34,25 +34,27 @@ import pytest
 from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.sources import register, s3_ref
-from medkg_pdf_tests.live_dagster import (
+from medkg_pdf_tests.support.live_dagster import (
     LOCATION,
     REPOSITORY,
+    SENSOR,
+    add_partition,
     live_dagster,
     postgres_bin_dir,
     postgres_cluster,
     postgres_storage_yaml,
+    runs_tagged,
     wait_for,
     write_instance,
 )
-from medkg_pdf_tests.pdf_factory import encrypted_pdf, text_pdf, truncated_pdf
+from medkg_pdf_tests.support.pdf_factory import encrypted_pdf, text_pdf, truncated_pdf
 from medkg_pdf_tests.test_document_state import page_hashes
-from medkg_pdf_tests.vllm_double import VllmDouble, _RequestError
+from medkg_pdf_tests.support.vllm_double import VllmDouble, _RequestError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 BUCKET, INBOX = "medkg-inbox", "incoming/"
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-SENSOR = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": "s3_arrival_sensor"}
 SCHEDULE = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "scheduleName": "reconciliation_schedule"}
 WAIT_S = 240
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
@@ -123,26 +125,11 @@ query ($assetKey: AssetKeyInput!) {
   }
 }"""
 
-RUNS = """
-query ($filter: RunsFilter) {
-  runsOrError(filter: $filter, limit: 100) {
-    ... on Runs { results { runId status creationTime startTime endTime tags { key value } } }
-  }
-}"""
-
-
 def partition_status(dagster, asset: str = "parse_quality") -> dict[str, set[str]]:
     data = dagster.graphql(PARTITION_STATUS, assetKey={"path": [asset]})
     statuses = data["assetNodeOrError"]["assetPartitionStatuses"]
     names = ("materializedPartitions", "failedPartitions", "materializingPartitions")
     return {name: set(statuses[name]) for name in names}
-
-
-def runs_tagged(dagster, key: str, value: str) -> list[dict]:
-    runs = dagster.graphql(RUNS, filter={"tags": [{"key": key, "value": value}]})["runsOrError"]["results"]
-    for run in runs:
-        run["tags"] = {tag["key"]: tag["value"] for tag in run["tags"]}
-    return runs
 
 
 def partition_keys(dagster, asset: str = "parse_quality") -> list[str]:
@@ -152,17 +139,6 @@ def partition_keys(dagster, asset: str = "parse_quality") -> list[str]:
         assetKey={"path": [asset]},
     )
     return data["assetNodeOrError"]["partitionKeys"]
-
-
-def add_partition(dagster, document_id: str) -> None:
-    data = dagster.graphql(
-        """mutation ($repo: RepositorySelector!, $key: String!) {
-          addDynamicPartition(repositorySelector: $repo, partitionsDefName: "documents", partitionKey: $key) {
-            __typename ... on PythonError { message } } }""",
-        repo={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
-        key=document_id,
-    )
-    assert data["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", data
 
 
 # -- the test ---------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from medkg_pdf import storage_keys, metrics
 from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.samples import sample_pdfs
 from medkg_pdf.schemas import DocumentQuality, PageParses, PageStatus, StructuredDocument
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.quality_fixtures import write_pdfs
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.quality_fixtures import write_pdfs
 
 # Measured on 2026-11-23 in the /work/main dev container (CPU, rapidocr-onnxruntime 1.4, 150 DPI,
 # engine concurrency 2), identical in a run per document and in one backfill-style run of all four:

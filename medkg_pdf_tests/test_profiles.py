@@ -10,8 +10,8 @@ from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.profiles import PROFILES, InvalidAnswerError, get_profile, infer_profile
 from medkg_pdf.resources.vllm import PageRequest, png_size
 from medkg_pdf.schemas import PageStatus, StructuredDocument
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.vllm_double import VllmDouble, make_png
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.vllm_double import VllmDouble, make_png
 
 DEEPSEEK = "deepseek-ai/DeepSeek-OCR"
 OLMOCR = "allenai/olmOCR-2-7B-1025"

@@ -12,8 +12,8 @@ from medkg_pdf.defs.regression.assets import accepted_baseline, regression_quali
 from medkg_pdf.defs.documents import document_checks
 from medkg_pdf.defs.regression.checks import regression_quality_no_document_worse
 from medkg_pdf.schemas import AcceptedBaseline, RegressionQuality
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.quality_fixtures import (
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.quality_fixtures import (
     MODEL,
     TextLayerModel,
     check_results,
@@ -24,7 +24,7 @@ from medkg_pdf_tests.quality_fixtures import (
     run,
     write_pdfs,
 )
-from medkg_pdf_tests.vllm_double import VllmDouble
+from medkg_pdf_tests.support.vllm_double import VllmDouble
 
 DOSING_LINES = ["Dosing", "drug dose", "amoxicillin 500 mg", "gentamicin 5 mg/kg"]
 DOSING_V1 = "# Dosing\n\n| drug | dose |\n|---|---|\n| amoxicillin | 500 mg |\n| gentamicin | 5 mg/kg |"

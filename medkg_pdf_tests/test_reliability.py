@@ -25,9 +25,9 @@ from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.schemas import QuarantineRecord
 from medkg_pdf.schemas import PageImages, PageParse, SourceInfo
 from medkg_pdf.cli import threaded_instance
-from medkg_pdf_tests import pdf_factory
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.vllm_double import Faults, VllmDouble
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble
 
 MODEL = "medkg-embedded-ocr"
 

@@ -8,7 +8,7 @@ from medkg_pdf.defs.documents import page_images, source_pdf
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.schemas import PageImages
-from medkg_pdf_tests.conftest import register_files, vllm_for
+from medkg_pdf_tests.support.chain import register_files, vllm_for
 
 UNUSED_SERVER = "http://127.0.0.1:9"  # page_images alone never calls the model server
 

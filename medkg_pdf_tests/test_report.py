@@ -13,9 +13,9 @@ from medkg_pdf.defs.reporting.assets import HAVE_PYARROW, ReportPointer, quality
 from medkg_pdf.defs.reporting.checks import quality_report_slos
 from medkg_pdf.defs.freshness import freshness_policies
 from medkg_pdf.defs.reporting.schedules import quality_report_schedule
-from medkg_pdf_tests import pdf_factory
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.quality_fixtures import (
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.quality_fixtures import (
     MODEL,
     TextLayerModel,
     check_results,
@@ -26,7 +26,7 @@ from medkg_pdf_tests.quality_fixtures import (
     run,
     write_pdfs,
 )
-from medkg_pdf_tests.vllm_double import VllmDouble
+from medkg_pdf_tests.support.vllm_double import VllmDouble
 
 GOOD = ["Discharge summary", "Home on oral amoxicillin three times daily, review in clinic"]
 NUMBERS = ["Dosing chart", "Vancomycin 15 mg/kg every 12 hours, trough before the 4th dose"]

@@ -16,7 +16,7 @@ from medkg_pdf.resources.vllm import (
     looks_repetitive,
 )
 from medkg_pdf.schemas import PageStatus
-from medkg_pdf_tests.vllm_double import Faults, VllmDouble, make_png
+from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble, make_png
 
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 SECRET = "sk-medkg-test-7f3a9c1d5e"

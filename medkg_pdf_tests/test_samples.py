@@ -17,7 +17,7 @@ import pymupdf
 import pytest
 
 from medkg_pdf.samples import SamplePdf, sample_pdfs, write_samples
-from medkg_pdf_tests import pdf_factory
+from medkg_pdf_tests.support import pdf_factory
 
 EXPECTED = {
     "amoxicillin-label.pdf": (2, False),

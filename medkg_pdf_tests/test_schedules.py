@@ -25,9 +25,9 @@ from medkg_pdf.defs.partitions import documents
 from medkg_pdf.defs.documents.schedules import build_reconciliation_schedule, reconciliation_schedule
 from medkg_pdf.schemas import SourceRef
 from medkg_pdf.sources import file_ref, register
-from medkg_pdf_tests import pdf_factory
-from medkg_pdf_tests.conftest import vllm_for
-from medkg_pdf_tests.vllm_double import VllmDouble
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import vllm_for
+from medkg_pdf_tests.support.vllm_double import VllmDouble
 
 TICK = (datetime.now(timezone.utc) + timedelta(hours=1)).replace(second=0, microsecond=0)  # the outage's retry is due
 

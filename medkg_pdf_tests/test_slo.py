@@ -14,9 +14,9 @@ from medkg_pdf import slo
 from medkg_pdf.defs.reporting.assets import quality_report
 from medkg_pdf.defs.reporting.checks import quality_report_slos
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf_tests import pdf_factory
-from medkg_pdf_tests.conftest import register_files, vllm_for
-from medkg_pdf_tests.quality_fixtures import (
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.quality_fixtures import (
     MODEL,
     TextLayerModel,
     check_results,
@@ -26,7 +26,7 @@ from medkg_pdf_tests.quality_fixtures import (
     run,
     write_pdfs,
 )
-from medkg_pdf_tests.vllm_double import Faults, VllmDouble
+from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
 

@@ -3,7 +3,7 @@
 import pytest
 
 from medkg_pdf.validation import InvalidPdfError, check_size, validate_pdf
-from medkg_pdf_tests import pdf_factory
+from medkg_pdf_tests.support import pdf_factory
 
 
 @pytest.mark.parametrize(

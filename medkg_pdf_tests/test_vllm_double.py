@@ -14,9 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 try:
-    from medkg_pdf_tests.vllm_double import Faults, VllmDouble, make_png
+    from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble, make_png
 except ImportError:  # collected by plain `pytest` with rootdir-relative imports
-    from vllm_double import Faults, VllmDouble, make_png
+    from support.vllm_double import Faults, VllmDouble, make_png
 
 pytestmark = pytest.mark.timeout(30)
 

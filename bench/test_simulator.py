@@ -1,6 +1,7 @@
-"""The benchmarks' vLLM simulator (bench/simulator.py) behaves like vLLM's continuous batching.
+"""The benchmarks' vLLM simulator (simulator.py beside this file) behaves like vLLM's continuous batching.
 
 Correctness only: counts, shapes and status codes. No timing is asserted (the machine is shared).
+This is bench's own test: it lives with what it tests, so no test under medkg_pdf_tests/ imports bench.
 """
 
 import asyncio
@@ -14,7 +15,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from bench.simulator import Engine, SimParams, Simulator, create_app, metrics_text, stats_delta
-from medkg_pdf_tests.vllm_double import make_png
+from medkg_pdf_tests.support.vllm_double import make_png
 
 FAST = SimParams(max_num_seqs=8, step_base_s=0.0005, step_per_seq_s=0.0, tokens=3)
 

@@ -24,7 +24,7 @@ import httpx
 
 from medkg_pdf.engine.process import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # medkg_pdf_tests/support/ -> the repository
 BIN = Path(sys.executable).parent
 LOCATION = "medkg_pdf"
 REPOSITORY = "__repository__"
@@ -281,3 +281,33 @@ def postgres_storage_yaml(pg: dict[str, Any]) -> str:
         f"      db_name: {pg['db']}\n"
         f"      port: {pg['port']}\n"
     )
+
+
+# -- what the UI asks the webserver, shared by the end-to-end test and the live benchmarks ----
+
+SENSOR = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": "s3_arrival_sensor"}
+
+RUNS = """
+query ($filter: RunsFilter) {
+  runsOrError(filter: $filter, limit: 100) {
+    ... on Runs { results { runId status creationTime startTime endTime tags { key value } } }
+  }
+}"""
+
+
+def runs_tagged(dagster: LiveDagster, key: str, value: str) -> list[dict]:
+    runs = dagster.graphql(RUNS, filter={"tags": [{"key": key, "value": value}]})["runsOrError"]["results"]
+    for run in runs:
+        run["tags"] = {tag["key"]: tag["value"] for tag in run["tags"]}
+    return runs
+
+
+def add_partition(dagster: LiveDagster, document_id: str) -> None:
+    data = dagster.graphql(
+        """mutation ($repo: RepositorySelector!, $key: String!) {
+          addDynamicPartition(repositorySelector: $repo, partitionsDefName: "documents", partitionKey: $key) {
+            __typename ... on PythonError { message } } }""",
+        repo={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
+        key=document_id,
+    )
+    assert data["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", data

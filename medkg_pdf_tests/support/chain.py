@@ -1,0 +1,28 @@
+"""Setting up the document chain for a test or a benchmark: documents registered, a model server client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medkg_pdf.defs.partitions import documents
+from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.resources.vllm import EMBEDDED_MODEL, VLLMResource
+from medkg_pdf.sources import file_ref, register
+
+
+def register_files(storage: DocumentStorage, instance, paths: list[Path]) -> list[str]:
+    """Register local files as `documents` partitions of a Dagster instance; returns their ids."""
+    ids = []
+    for path in paths:
+        ref = file_ref(path)
+        register(storage, ref)
+        ids.append(ref.document_id)
+    instance.add_dynamic_partitions(documents.name, ids)
+    return ids
+
+
+def vllm_for(url: str, **settings) -> VLLMResource:
+    """A `VLLMResource` for the server at `url` that backs off for tenths of a second, not seconds."""
+    defaults = dict(base_url=url, model=EMBEDDED_MODEL, backoff_initial_s=0.05, backoff_max_s=0.5)
+    defaults.update(settings)
+    return VLLMResource(**defaults)
