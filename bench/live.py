@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench.common import percentile, table
-from bench.simulator import IMAGE_PATCH_PX, LETTER_150DPI_TOKENS, SimParams
+from bench.simulator import LETTER_150DPI_TOKENS, SimParams
+from medkg_pdf.chat_contract import PATCH_PX
 
 # Real-time Qwen2.5-VL-7B-like server (seeds: ~3-5 s a page, request P95 < 15 s, 2-4 pages/s): decode
 # step 10 ms + 0.25 ms per running sequence (1.1k tokens/s at 16), answers of 150-450 tokens, prefill
@@ -36,7 +37,7 @@ def describe(params: SimParams, in_flight: int | None = None) -> str:
             f"(seed {params.seed})")  # fmt: skip
     if params.prefill_s_per_token:
         text += (f", prefill {params.prefill_s_per_token * 1e3:g} ms/prompt token x ~{LETTER_150DPI_TOKENS} image tokens "
-                 f"(letter page, 150 DPI, {IMAGE_PATCH_PX}-px patches) = {params.prefill_s:.2f} s a page")  # fmt: skip
+                 f"(letter page, 150 DPI, {PATCH_PX}-px patches) = {params.prefill_s:.2f} s a page")  # fmt: skip
     if in_flight:
         text += f"; a page alone in a batch of {in_flight}: {params.latency_s(in_flight) + params.prefill_s:.1f} s"
     return text + f"; ideal {params.ideal_rps:.2f} pages/s at a full batch"

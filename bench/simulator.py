@@ -39,7 +39,6 @@ import asyncio
 import base64
 import binascii
 import json
-import math
 import os
 import random
 import socket
@@ -53,12 +52,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medkg_pdf_tests.support.vllm_double import first_image_url
+from medkg_pdf.chat_contract import ChatContractError, data_url_payload, first_image_url, image_tokens, png_size
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"  # the production default: a plain-markdown profile
-IMAGE_PATCH_PX = 28
-LETTER_150DPI_TOKENS = math.ceil(1275 / IMAGE_PATCH_PX) * math.ceil(1650 / IMAGE_PATCH_PX)  # 8.5 x 11 in at 150 DPI: 2714
+LETTER_150DPI_TOKENS = image_tokens(1275, 1650)  # 8.5 x 11 in at 150 DPI: 2714
 
 
 @dataclass(frozen=True)
@@ -283,21 +281,22 @@ def _error(status: int, message: str, kind: str):
 
 def inspect_image(data_url: Any) -> tuple[int, int, int]:
     """Minimal validation of a page image data URL; returns (width, height, crc32 of the payload)."""
-    if not isinstance(data_url, str) or not data_url.startswith("data:image/") or ";base64," not in data_url:
+    payload = data_url_payload(data_url)
+    if payload is None:
         raise BadRequest(400, "image_url must be a base64 data URL (data:image/...;base64,...)")
-    payload = data_url.partition(";base64,")[2]
     if len(payload) < 32 or len(payload) % 4:
         raise BadRequest(400, "image_url data is not valid base64")
     try:
         head = base64.b64decode(payload[:32], validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(400, "image_url data is not valid base64") from None
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
-        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    elif head.startswith(b"\xff\xd8\xff"):
+    if head.startswith(b"\xff\xd8\xff"):
         width = height = 448  # JPEG size needs the SOF marker; good enough for token accounting
     else:
-        raise BadRequest(400, "cannot identify image file")
+        try:
+            width, height = png_size(head)
+        except ChatContractError:
+            raise BadRequest(400, "cannot identify image file") from None
     if width < 1 or height < 1:
         raise BadRequest(400, "image has no pixels")
     return width, height, zlib.crc32(payload.encode("ascii", "replace"))
@@ -322,7 +321,7 @@ def parse_chat(body: Any, params: SimParams) -> dict[str, Any]:
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         raise BadRequest(400, f"max_tokens must be a positive integer, got {max_tokens!r}")
     width, height, crc = image
-    prompt_tokens = math.ceil(width / IMAGE_PATCH_PX) * math.ceil(height / IMAGE_PATCH_PX) + text_chars // 4 + 8
+    prompt_tokens = image_tokens(width, height) + text_chars // 4 + 8
     budget = max_tokens if max_tokens is not None else max(1, params.max_model_len - prompt_tokens)
     if prompt_tokens + budget > params.max_model_len:
         raise BadRequest(

@@ -27,7 +27,6 @@ reported next to it. Repetitions alternate which side goes first, and medians ar
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from bench.common import (
     write_pdfs,
 )
 from bench.simulator import SimParams, Simulator, stats_delta
+from medkg_pdf.chat_contract import page_messages
 
 SIM = SimParams(max_num_seqs=16, step_base_s=0.010, step_per_seq_s=0.0005, tokens=50)
 MAX_PAGES = 200  # the largest document (used from 16 in flight up, and for the headline)
@@ -62,10 +62,7 @@ PLOT = "throughput_vs_concurrency.png"
 def bare_body(model: str, prompt: str, png: bytes) -> dict:
     return {
         "model": model,
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}},
-            {"type": "text", "text": prompt},
-        ]}],
+        "messages": page_messages(png, prompt),
         "temperature": 0.0,
         "seed": 42,
         "max_tokens": 4096,

@@ -155,7 +155,7 @@ def process_files(
     from medkg_pdf.engine.process import EmbeddedEngine
     from medkg_pdf.defs.partitions import documents
     from medkg_pdf.resources import resources_for
-    from medkg_pdf.resources.vllm import EMBEDDED_MODEL
+    from medkg_pdf.chat_contract import EMBEDDED_MODEL
     from medkg_pdf.sources import file_ref, register
 
     environ = dict(os.environ, MEDKG_DATA_DIR=str(data_dir))

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from medkg_pdf.chat_contract import EMBEDDED_MODEL, PATCH_PX, image_tokens
 from medkg_pdf.schemas import Region
 
 
@@ -38,15 +39,34 @@ class ParsedAnswer:
 
 @dataclass(frozen=True)
 class ModelProfile:
+    """Everything model-specific, so that a new model family is a new profile and nothing else."""
+
     name: str
     prompt: str
     prompt_version: str
-    max_tokens: int = 4096
+    max_tokens: int = 4096  # completion budget when the resource leaves `max_tokens` unset
     extra_body: dict[str, Any] = field(default_factory=dict)  # vLLM sampling extras for this family
+    patch_px: int = PATCH_PX  # side of the image tile that costs one prompt token
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """The size to send; only ever smaller than the rendered page (we never upscale)."""
         return width, height
+
+    def image_tokens(self, width: int, height: int) -> int:
+        """What the image costs in the context window, which the client must fit before it sends."""
+        return image_tokens(width, height, self.patch_px)
+
+    def size_within(self, width: int, height: int, tokens: int) -> tuple[int, int]:
+        """The largest size of the same shape that costs at most `tokens`, so the page is encoded once."""
+        needed = self.image_tokens(width, height)
+        if needed <= tokens:
+            return width, height
+        factor = math.sqrt(tokens / needed) * 0.98
+        while True:
+            new_w, new_h = max(1, int(width * factor)), max(1, int(height * factor))
+            if self.image_tokens(new_w, new_h) <= tokens:
+                return new_w, new_h
+            factor *= 0.95
 
     def parse(self, raw: str) -> ParsedAnswer:
         return ParsedAnswer(markdown=strip_fences(raw))
@@ -70,16 +90,16 @@ def _fit_longest_side(width: int, height: int, longest: int) -> tuple[int, int]:
 class QwenProfile(ModelProfile):
     """Qwen2.5-VL reads images in 28x28 patches; sides are multiples of 28 within a pixel budget."""
 
-    patch: int = 28
-    max_pixels: int = 3600 * 28 * 28
+    max_pixels: int = 3600 * PATCH_PX * PATCH_PX
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         if width * height <= self.max_pixels:
             return width, height  # vLLM's processor rounds to whole patches itself
         scale = math.sqrt(self.max_pixels / (width * height))
+        patch = self.patch_px
         return (
-            max(self.patch, math.floor(width * scale / self.patch) * self.patch),
-            max(self.patch, math.floor(height * scale / self.patch) * self.patch),
+            max(patch, math.floor(width * scale / patch) * patch),
+            max(patch, math.floor(height * scale / patch) * patch),
         )
 
 
@@ -222,7 +242,7 @@ def infer_profile(model: str) -> str:
         return "deepseek-ocr"
     if "olmocr" in name:
         return "olmocr-2"
-    if name == "medkg-embedded-ocr":
+    if name == EMBEDDED_MODEL:
         return "embedded-ocr"
     return "qwen2.5-vl"
 

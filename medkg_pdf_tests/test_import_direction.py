@@ -24,7 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAIN = ("schemas", "storage_keys", "document_ids", "metrics", "markdown_blocks", "profiles", "validation", "slo",
-          "errors", "samples", "chat_contract")  # fmt: skip
+          "errors", "samples", "chat_contract", "model_client")  # fmt: skip
 MAY_IMPORT_DEFS = ("medkg_pdf.defs", "medkg_pdf.definitions", "medkg_pdf.cli")
 
 Sources = dict[str, tuple[str, bool]]  # module name -> (source, is a package's __init__)
@@ -186,7 +186,8 @@ def test_bench():
 
 def test_domain_modules_load_without_dagster():
     """At run time too: importing every domain module loads no Dagster and none of `medkg_pdf.defs`."""
-    present = [f"medkg_pdf.{name}" for name in DOMAIN if (REPO / "medkg_pdf" / f"{name}.py").exists()]
+    present = [f"medkg_pdf.{name}" for name in DOMAIN
+               if (REPO / "medkg_pdf" / f"{name}.py").exists() or (REPO / "medkg_pdf" / name / "__init__.py").exists()]
     code = (f"import sys\nimport {', '.join(present)}\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster' or m.startswith(('dagster_', 'medkg_pdf.defs'))))")  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

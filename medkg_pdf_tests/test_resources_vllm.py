@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from medkg_pdf.resources.breaker import BreakerState, CircuitBreaker
+from medkg_pdf.model_client.breaker import BreakerState, CircuitBreaker
 from medkg_pdf.resources.vllm import (
     FatalRequestError,
     ModelNotServedError,

@@ -21,6 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from medkg_pdf.chat_contract import PNG_SIGNATURE, ChatContractError, png_size
+
 __all__ = [
     "MAX_IMAGE_PIXELS",
     "ImageDecodeError",
@@ -91,15 +93,14 @@ class OcrPage:
 # Images
 # --------------------------------------------------------------------------------------------------
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) read from the PNG or JPEG header, without decoding any pixel."""
-    if data.startswith(_PNG_SIGNATURE):
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ImageDecodeError("truncated PNG header")
-        width, height = struct.unpack(">II", data[16:24])
+    if data.startswith(PNG_SIGNATURE):
+        try:
+            width, height = png_size(data)
+        except ChatContractError:
+            raise ImageDecodeError("truncated PNG header") from None
     elif data.startswith(b"\xff\xd8"):
         width, height = _jpeg_size(data)
     else:

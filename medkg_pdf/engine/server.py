@@ -36,15 +36,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from medkg_pdf.chat_contract import (
+    EMBEDDED_MODEL,
+    ChatContractError,
+    data_url_payload,
+    image_tokens_by_area,
+    read_messages,
+)
 from medkg_pdf.engine.ocr import ImageDecodeError, OcrEngine, decode_image, image_size
 
 __all__ = ["API_KEY_ENV", "DEFAULT_MODEL_NAME", "MAX_IMAGE_BYTES", "create_app", "main", "serve"]
 
-DEFAULT_MODEL_NAME = "medkg-embedded-ocr"
+DEFAULT_MODEL_NAME = EMBEDDED_MODEL
 API_KEY_ENV = "MEDKG_ENGINE_API_KEY"
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB image is 13.4 MB of base64, plus the prompt and JSON
-IMAGE_PATCH_PIXELS = 28 * 28  # Qwen2.5-VL: one image token per 28x28 pixels
 CHARS_PER_TOKEN = 4
 GROUNDING_TAG = "<|grounding|>"
 
@@ -62,7 +68,6 @@ _ERROR_TYPES = {
     413: "BadRequestError",
     500: "InternalServerError",
 }
-_ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
 class ApiError(Exception):
@@ -136,32 +141,12 @@ def parse_chat_request(raw: bytes, model_name: str) -> ChatRequest:
 
 
 def _read_messages(messages: Any) -> tuple[str, list[Any]]:
-    """(text prompt, image_url values) of an OpenAI messages list."""
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list", param="messages")
-    texts, images = [], []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
-            raise ApiError(400, f"messages[{index}] must be an object with a role in {sorted(_ROLES)}", param="messages")
-        content = message.get("content")
-        if content is None:
-            continue
-        if isinstance(content, str):
-            texts.append(content)
-            continue
-        if not isinstance(content, list):
-            raise ApiError(400, f"messages[{index}].content must be a string or a list of parts", param="messages")
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif kind == "image_url":
-                images.append(part.get("image_url"))
-            else:
-                raise ApiError(
-                    400, f"messages[{index}]: unsupported content part {kind!r}; this engine reads 'text' and 'image_url' parts", param="messages"
-                )
-    return "\n".join(texts), images
+    """(text prompt, image URLs) of an OpenAI messages list, validated like vLLM."""
+    try:
+        texts, urls = read_messages(messages, strict=True)
+    except ChatContractError as error:
+        raise ApiError(400, str(error), param="messages") from None
+    return "\n".join(texts), urls
 
 
 def _is_int(value: Any) -> bool:
@@ -200,20 +185,18 @@ def _check_sampling(body: dict[str, Any]) -> int | None:
     return max_tokens
 
 
-def _decode_data_url(value: Any) -> bytes:
-    url = value.get("url") if isinstance(value, dict) else value
+def _decode_data_url(url: Any) -> bytes:
     if not isinstance(url, str) or not url:
         raise ApiError(400, "image_url.url must be a non-empty string", param="messages")
-    scheme = url.split(":", 1)[0].lower()
-    if scheme in ("http", "https"):
+    if url.split(":", 1)[0].lower() in ("http", "https"):
         raise ApiError(
             400,
             "image URLs are not fetched: the embedded engine runs offline. Send the page inline as a "
             "data:image/png;base64,... URL",
             param="messages",
         )
-    header, comma, payload = url[5:].partition(",") if scheme == "data" else ("", "", "")
-    if not comma or not header.lower().endswith(";base64") or not header.lower().startswith("image/"):
+    payload = data_url_payload(url)
+    if payload is None:
         raise ApiError(400, "the image must be a base64 data URL: data:image/png;base64,...", param="messages")
     if len(payload) // 4 * 3 > MAX_IMAGE_BYTES + 2:
         raise ApiError(400, f"image is larger than the {MAX_IMAGE_BYTES // (1024 * 1024)} MB limit", param="messages")
@@ -227,8 +210,8 @@ def _decode_data_url(value: Any) -> bytes:
 
 
 def estimate_prompt_tokens(prompt_chars: int, width: int, height: int) -> int:
-    """Text at about 4 characters a token, plus one image token per 28x28 pixels (Qwen2.5-VL)."""
-    return math.ceil(prompt_chars / CHARS_PER_TOKEN) + math.ceil(width * height / IMAGE_PATCH_PIXELS)
+    """Text at about 4 characters a token, plus the image by area in Qwen2.5-VL patches."""
+    return math.ceil(prompt_chars / CHARS_PER_TOKEN) + image_tokens_by_area(width, height)
 
 
 def limit_completion(text: str, max_tokens: int) -> tuple[str, int, str]:

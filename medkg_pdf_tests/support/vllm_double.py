@@ -42,6 +42,8 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+from medkg_pdf.chat_contract import PNG_SIGNATURE, ChatContractError, data_url_payload, first_image_url, image_tokens, png_size
+
 __all__ = ["FAULT_NAMES", "Faults", "VllmDouble", "default_answer", "make_png"]
 
 #: Canonical fault names, in the order their probabilities are laid out on [0, 1).
@@ -49,7 +51,6 @@ FAULT_NAMES = ("error_500", "error_503", "rate_limit_429", "reset", "stall", "ga
 _ALIASES = {"ok": "ok", "500": "error_500", "503": "error_503", "429": "rate_limit_429"}
 _ALIASES.update({name: name for name in FAULT_NAMES})
 
-IMAGE_PATCH_PX = 28  # Qwen2.5-VL: one token per 28 x 28 px tile (14 px patches merged 2 x 2)
 GARBAGE_BODY = b'{"id": "chatcmpl-trunc\x00\xff<html>502 Bad Gateway</html>'
 
 
@@ -96,25 +97,6 @@ class Faults:
                 raise ValueError(f"Faults.{name} must be >= 0")
 
 
-def first_image_url(messages: list) -> tuple[Any, int]:
-    """(the first image_url value, characters of text) of an OpenAI messages list, leniently read."""
-    url, text_chars = None, 0
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            text_chars += len(content)
-            continue
-        for part in content if isinstance(content, list) else []:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text":
-                text_chars += len(str(part.get("text", "")))
-            elif part.get("type") == "image_url" and url is None:
-                image_url = part.get("image_url")
-                url = image_url.get("url") if isinstance(image_url, dict) else image_url
-    return url, text_chars
-
-
 def default_answer(png: bytes, request: dict) -> str:
     """Distinct and deterministic per page image."""
     return "# Page\n\nImage sha256 " + hashlib.sha256(png).hexdigest()[:12]
@@ -128,18 +110,12 @@ def make_png(width: int = 8, height: int = 8, fill: int = 255) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-
-
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
-        return struct.unpack(">II", data[16:24])
-    return None
+    return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def _looks_like_image(data: bytes) -> bool:
     return (
-        data.startswith(b"\x89PNG\r\n\x1a\n")
+        data.startswith(PNG_SIGNATURE)
         or data.startswith(b"\xff\xd8\xff")
         or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
     )
@@ -663,18 +639,20 @@ class VllmDouble:
         data_url, text_chars = first_image_url(messages)
         if not data_url:
             raise _RequestError(400, "no image_url in the request: this server parses page images", "BadRequestError")
-        if not isinstance(data_url, str) or not data_url.startswith("data:image/") or ";base64," not in data_url:
+        payload = data_url_payload(data_url)
+        if payload is None:
             raise _RequestError(400, "image_url must be a base64 data URL (data:image/...;base64,...)", "BadRequestError")
         try:
-            png = base64.b64decode(data_url.partition(";base64,")[2], validate=True)
+            png = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise _RequestError(400, "image_url data is not valid base64", "BadRequestError") from None
         if not _looks_like_image(png):
             raise _RequestError(400, "cannot identify image file", "BadRequestError")
 
-        size = _image_size(png)
-        image_tokens = math.ceil(size[0] / IMAGE_PATCH_PX) * math.ceil(size[1] / IMAGE_PATCH_PX) if size else 256
-        prompt_tokens = image_tokens + text_chars // 4 + 8
+        try:
+            prompt_tokens = image_tokens(*png_size(png)) + text_chars // 4 + 8
+        except ChatContractError:  # JPEG or WebP: a flat guess
+            prompt_tokens = 256 + text_chars // 4 + 8
         max_tokens = request.get("max_tokens") or request.get("max_completion_tokens")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise _RequestError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "BadRequestError")

@@ -6,7 +6,6 @@ pushed to a Prometheus Pushgateway when one is configured, and judged by the SLO
 `medkg_pdf.defs.reporting.checks`, which re-read the CSV this asset wrote.
 """
 
-import base64
 import io
 import json
 from collections import Counter
@@ -18,6 +17,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend, thread-safe
 
 from medkg_pdf import fleet, prometheus, slo, storage_keys
+from medkg_pdf.chat_contract import png_data_url
 from medkg_pdf.resources.pushgateway import PushgatewayResource
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
@@ -90,7 +90,7 @@ def latency_plot(over_time: pd.DataFrame, report: slo.SloReport) -> bytes:
 
 
 def _img(png: bytes, alt: str) -> str:
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+    return f"![{alt}]({png_data_url(png)})"
 
 
 def _num(value: float | None, fmt: str = "{:.3f}") -> str:

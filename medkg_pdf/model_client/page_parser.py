@@ -1,0 +1,232 @@
+"""One page, from PNG to PageParse: sizing, the tries, and judging each answer.
+
+A model answer can be cut, stuck in a loop, empty or sideways; each has its own remedy (a
+penalised retry, one more ask, a turned image). That logic lives here, apart from the HTTP
+transport (`client.py`), so it reads as the policy it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import pymupdf
+
+from medkg_pdf.chat_contract import page_messages, png_size
+from medkg_pdf.model_client.breaker import BreakerOpenError
+from medkg_pdf.model_client.errors import PageFailure, RetryableError
+from medkg_pdf.profiles import InvalidAnswerError, ModelProfile
+from medkg_pdf.schemas import PageParse, PageStatus, SamplingParams
+
+MIN_IMAGE_TOKENS = 64  # below this a page image is unreadable: fail the page rather than send it
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """A page to parse: its PNG in hand (just rendered) or loaded from storage when its turn comes."""
+
+    document_id: str
+    page_index: int
+    cache_key: str
+    load_png: Callable[[], bytes] | None = None
+    blank: bool = False
+    png: bytes | None = None
+
+
+@dataclass(frozen=True)
+class PageRecipe:
+    """Everything that decides a page's answer, hence also what its cache key is made of."""
+
+    model: str
+    profile: ModelProfile
+    prompt: str
+    prompt_version: str
+    sampling: SamplingParams
+
+    def cache_key(self, pdf_sha256: str, page_index: int, dpi: int) -> str:
+        """A page result is reusable only under the same PDF, page, DPI, model, prompt and sampling."""
+        identity = {"pdf": pdf_sha256, "page": page_index, "dpi": dpi, **self.labels(), "sampling": self.sampling.model_dump()}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+    def labels(self) -> dict[str, str]:
+        """What every result records about who answered it."""
+        return {"model": self.model, "profile": self.profile.name, "prompt_version": self.prompt_version}
+
+    def body(self, png: bytes, sampling: SamplingParams) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": page_messages(png, self.prompt),
+            **sampling.model_dump(exclude_none=True),
+            **self.profile.extra_body,
+        }
+
+
+def looks_repetitive(text: str, window: int = 800, max_period: int = 200, min_repeats: int = 6) -> bool:
+    """Degenerate decoding loops (DeepSeek-OCR #151): the tail is one short unit repeated."""
+    tail = text[-window:]
+    if len(tail) < 120:
+        return False
+    for period in range(1, min(max_period, len(tail) // min_repeats) + 1):
+        unit = tail[-period:]
+        if unit.strip() and tail.endswith(unit * min_repeats) and len(unit * min_repeats) >= 60:
+            return True
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return len(lines) >= 12 and any(lines.count(line) >= 10 and len(line) >= 8 for line in set(lines[-40:]))
+
+
+def judge(answer: dict[str, Any], max_tokens: int) -> tuple[PageStatus, str | None]:
+    """A 200 is not yet a page: a cut, looping or empty answer gets its own status (and remedy)."""
+    text = answer["text"]
+    if answer.get("finish_reason") == "length":
+        if looks_repetitive(text):
+            return PageStatus.repetition, "degenerate repeated output until max_tokens"
+        return PageStatus.truncated, f"answer cut at max_tokens={max_tokens} (finish_reason=length)"
+    if looks_repetitive(text):
+        return PageStatus.repetition, "degenerate repeated output"
+    if not text.strip():
+        return PageStatus.empty, "empty answer for a page with ink"
+    return PageStatus.ok, None
+
+
+def resize_png(png: bytes, width: int, height: int) -> bytes:
+    return pymupdf.Pixmap(pymupdf.Pixmap(png), width, height, None).tobytes("png")
+
+
+def rotate_png(png: bytes, degrees_clockwise: int) -> tuple[bytes, int, int]:
+    from PIL import Image  # Pillow: PyMuPDF pixmaps cannot rotate
+
+    with Image.open(io.BytesIO(png)) as image:
+        turned = image.rotate(-degrees_clockwise, expand=True)
+        out = io.BytesIO()
+        turned.save(out, format="PNG")
+        return out.getvalue(), turned.width, turned.height
+
+
+Complete = Callable[[dict[str, Any]], Awaitable[tuple[dict[str, Any], int]]]
+
+
+@dataclass(frozen=True)
+class PageParser:
+    """The per-page policy of one run; `complete` posts a body (with retries) and returns (answer, tries)."""
+
+    recipe: PageRecipe
+    complete: Complete
+    max_model_len: int
+    redact: Callable[[str], str] = lambda text: text
+
+    async def parse(self, page: PageRequest, enqueued: float) -> PageParse:
+        queue_wait = time.perf_counter() - enqueued
+        recipe, profile = self.recipe, self.recipe.profile
+        sampling = recipe.sampling
+        base = dict(
+            document_id=page.document_id,
+            page_index=page.page_index,
+            cache_key=page.cache_key,
+            queue_wait_s=round(queue_wait, 4),
+            **recipe.labels(),
+        )
+        if page.blank:
+            return PageParse(**base, sampling=sampling, status=PageStatus.blank)
+        png = page.png if page.png is not None else await asyncio.to_thread(page.load_png)
+        width, height = png_size(png)
+        try:
+            png, width, height = await asyncio.to_thread(self.size_for_model, png, width, height)
+        except PageFailure as failure:
+            return PageParse(**base, sampling=sampling, status=failure.status, error=str(failure))
+        attempts, rotation = 0, 0
+        started = time.perf_counter()
+        answer: dict[str, Any] = {}
+        parsed = None
+        asked_again = False
+        for round_ in range(4):  # one retry for truncation/repetition, one for a rotated page, one for an empty answer
+            try:
+                answer, tries = await self.complete(recipe.body(png, sampling))
+                attempts += tries
+            except BreakerOpenError as exc:
+                status, error = PageStatus.breaker_open, str(exc)
+                break
+            except (RetryableError, PageFailure) as exc:
+                attempts += getattr(exc, "attempts", 1)
+                status, error = exc.status, self.redact(str(exc))
+                break
+            status, error = judge(answer, sampling.max_tokens)
+            if status in (PageStatus.truncated, PageStatus.repetition):
+                if round_ == 0 and sampling.repetition_penalty is None:
+                    sampling = sampling.model_copy(update={"repetition_penalty": 1.1, "frequency_penalty": 0.3})
+                    continue
+                break
+            if status is PageStatus.empty and not asked_again:  # an empty answer is final only when it comes twice
+                asked_again = True
+                continue
+            if status is not PageStatus.ok:
+                break
+            try:
+                parsed = profile.parse(answer["text"])
+            except InvalidAnswerError as exc:
+                status, error = PageStatus.invalid_response, f"{profile.name} answer: {exc}"
+                break
+            if parsed.rotation_correction and not rotation:
+                # the model says the page is sideways: turn the image and ask once more
+                rotation = parsed.rotation_correction
+                png, width, height = await asyncio.to_thread(rotate_png, png, rotation)
+                parsed = None
+                continue
+            if not parsed.markdown.strip() and not parsed.regions:
+                status, error = PageStatus.empty, "the answer had no text after parsing"
+                if not asked_again:
+                    asked_again, parsed = True, None
+                    continue
+            break
+        usage = answer.get("usage") or {}
+        if parsed is not None:
+            markdown = parsed.markdown
+        elif status is PageStatus.truncated:
+            markdown = answer.get("text", "")
+        else:
+            markdown = ""
+        return PageParse(
+            **base,
+            sampling=sampling,
+            status=status,
+            error=error,
+            markdown=markdown,
+            regions=parsed.regions if parsed is not None and status is PageStatus.ok else [],
+            rotation_applied=rotation,
+            image_width=width,
+            image_height=height,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=round(time.perf_counter() - started, 4),
+            attempts=attempts,
+            finish_reason=answer.get("finish_reason"),
+        )
+
+    def size_for_model(self, png: bytes, width: int, height: int) -> tuple[bytes, int, int]:
+        """The profile's size, then small enough for the context; the PNG is re-encoded at most once per step."""
+        profile = self.recipe.profile
+        target_w, target_h = profile.target_size(width, height)
+        if (target_w, target_h) != (width, height):
+            png, width, height = resize_png(png, target_w, target_h), target_w, target_h
+        available = self.image_token_budget()
+        fit_w, fit_h = profile.size_within(width, height, available)
+        if (fit_w, fit_h) != (width, height):
+            png, width, height = resize_png(png, fit_w, fit_h), fit_w, fit_h
+        return png, width, height
+
+    def image_token_budget(self) -> int:
+        """Never send a request the server must reject: what is left for the image after prompt and answer."""
+        max_tokens = self.recipe.sampling.max_tokens
+        prompt_tokens = len(self.recipe.prompt) // 3 + 32
+        available = self.max_model_len - max_tokens - prompt_tokens
+        if available < MIN_IMAGE_TOKENS:
+            raise PageFailure(
+                f"context too small: max_model_len {self.max_model_len} leaves {available} tokens for the image after "
+                f"max_tokens {max_tokens} and the prompt; lower max_tokens or raise --max-model-len",
+                PageStatus.context_overflow,
+            )
+        return available
