@@ -11,6 +11,7 @@ from medkg_pdf.jobs import document_chain_job, requality_job
 from medkg_pdf.quality_jobs import accept_baseline_job, regression_job
 from medkg_pdf.report_schedule import quality_report_job, quality_report_schedule
 from medkg_pdf.resources import resources_for
+from medkg_pdf.run_deaths import run_death_sensor
 from medkg_pdf.schedules import reconciliation_schedule
 from medkg_pdf.sensors import build_s3_arrival_sensor
 
@@ -27,7 +28,7 @@ defs = Definitions(
     asset_checks=all_checks,
     jobs=[document_chain_job, requality_job, accept_baseline_job, regression_job, quality_report_job],
     schedules=[reconciliation_schedule, quality_report_schedule],
-    sensors=[build_s3_arrival_sensor(minimum_interval_seconds=resources["inbox"].minimum_interval_seconds)],
+    sensors=[build_s3_arrival_sensor(minimum_interval_seconds=resources["inbox"].minimum_interval_seconds), run_death_sensor],
     resources=resources,
     # Steps are I/O-bound (the model server does the work); one process per run instead of one per
     # step cuts a run from minutes of interpreter start-ups to seconds. Pools still apply.
