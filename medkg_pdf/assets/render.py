@@ -7,6 +7,12 @@ only the small `PageImage` records. The helpers come from a forkserver (never a 
 threaded process) that is booted in the background on first use, while this process is already
 rendering; a document done before a helper is up is simply rendered here. Small documents and
 single-core machines keep the plain sequential loop.
+
+Helpers are a budget of the whole process, not of each document: at most `available_cores() - 1`
+at once across every document this process renders (the CLI runs several documents in threads of
+one process). Each helper costs tens of MB, and on a machine whose cores are already busy with
+other documents a helper adds memory, not speed; a document that finds no free helper renders in
+its own thread.
 """
 
 
@@ -160,6 +166,27 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+class _HelperBudget:
+    """Render helper processes this process may run at once, shared by every document it renders."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_use = 0
+
+    def take(self, wanted: int) -> int:
+        with self._lock:
+            granted = max(0, min(wanted, max(1, available_cores() - 1) - self._in_use))
+            self._in_use += granted
+            return granted
+
+    def give_back(self, count: int) -> None:
+        with self._lock:
+            self._in_use -= count
+
+
+HELPERS = _HelperBudget()
+
+
 def render_processes(config: RenderConfig, pages: int) -> int:
     if pages < max(config.parallel_min_pages, 2 * CHUNK_PAGES):
         return 1
@@ -230,7 +257,8 @@ def render_parallel(
     """Render with this process plus `processes - 1` helpers, yielding each page as soon as it exists.
 
     Pages this process renders come with their PNG; pages of the helpers' chunks come as records
-    only (their PNGs are in storage), in whatever order the chunks finish.
+    only (their PNGs are in storage), in whatever order the chunks finish. The caller has taken
+    the `processes - 1` helpers from `HELPERS`.
     """
     with pymupdf.open(stream=data, filetype="pdf") as doc:
         pages = doc.page_count
@@ -304,13 +332,19 @@ def render_parallel(
 
 
 def iter_rendered(
-    data: bytes, sha256: str, config: RenderConfig, storage: DocumentStorage
+    data: bytes, sha256: str, config: RenderConfig, storage: DocumentStorage, used: dict | None = None
 ) -> Iterator[tuple[PageImage, bytes | None]]:
-    """Every page of a PDF rendered and stored, in render order; one process or several by size."""
+    """Every page of a PDF rendered and stored, in render order; one process or several by size and
+    by the helpers free in this process. `used["processes"]` says how many rendered it."""
     with pymupdf.open(stream=data, filetype="pdf") as doc:
-        processes = render_processes(config, doc.page_count)
-        if processes == 1:
+        helpers = HELPERS.take(render_processes(config, doc.page_count) - 1)
+        if used is not None:
+            used["processes"] = 1 + helpers
+        if helpers == 0:
             for rendered in render_pages(doc, storage, sha256, config.dpi, config.max_image_bytes, 0, doc.page_count):
                 yield rendered.image, rendered.png
             return
-    yield from render_parallel(data, sha256, config, storage, processes)
+    try:
+        yield from render_parallel(data, sha256, config, storage, 1 + helpers)
+    finally:
+        HELPERS.give_back(helpers)
