@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import sys
@@ -151,6 +153,7 @@ def process_files(
     from dagster import Definitions
 
     from medkg_pdf.assets import document_assets
+    from medkg_pdf.assets.render import available_cores
     from medkg_pdf.jobs import document_chain_job
     from medkg_pdf.engine.process import EmbeddedEngine
     from medkg_pdf.partitions import documents
@@ -172,6 +175,11 @@ def process_files(
         resources = resources_for(environ)
         storage = resources["storage"]
         fail_orphaned_runs(instance, storage)
+        run_config: dict[str, Any] = dict(QUIET_LOGS)
+        if workers >= available_cores():
+            # the documents' own render threads already keep every core busy (PNG encoding releases
+            # the GIL): render helper processes would add ~90 MB each (and their forkserver), no speed
+            run_config["ops"] = {"page_images_and_parses": {"config": {"workers": 1}}}
         # resolved once for every run (what `materialize` would redo per document), under the job the daemon runs too
         chain = Definitions(jobs=[document_chain_job], assets=document_assets, resources=resources).resolve_job_def(document_chain_job.name)
 
@@ -187,7 +195,7 @@ def process_files(
                 outcome = chain.execute_in_process(
                     partition_key=ref.document_id,
                     instance=instance,
-                    run_config=QUIET_LOGS,
+                    run_config=run_config,
                     raise_on_error=False,
                     tags={"medkg/trigger": "cli", CLI_PID_TAG: str(os.getpid())},
                 )
@@ -282,7 +290,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fewer_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives threads their own malloc arenas (up to 8 per core) and memory freed in one is not
+    reused by another: with `--workers 8` (a dozen threads per document) that kept ~65 MB more at the
+    peak (bench/memory_cli.py). Two arenas, as MALLOC_ARENA_MAX=2 gives, unless the environment says
+    otherwise; the variable is set too, for the render helper processes."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    os.environ["MALLOC_ARENA_MAX"] = str(arenas)
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-8, arenas)  # M_ARENA_MAX, glibc's malloc.h
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to tune
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    fewer_malloc_arenas()  # before any thread exists
     warnings.filterwarnings("ignore", module="dagster")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
