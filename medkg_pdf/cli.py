@@ -140,7 +140,13 @@ def pdf_paths(args: list[str]) -> list[Path]:
 
 
 def process_files(
-    files: list[Path], data_dir: Path, *, json_lines: bool, workers: int = 4, pages_in_flight: int | None = None
+    files: list[Path],
+    data_dir: Path,
+    *,
+    json_lines: bool,
+    workers: int = 4,
+    pages_in_flight: int | None = None,
+    render_processes: int | None = None,
 ) -> list[dict[str, Any]]:
     """Register each file as a `documents` partition and materialize the chain: one run per document.
 
@@ -153,7 +159,6 @@ def process_files(
     from dagster import Definitions
 
     from medkg_pdf.assets import document_assets
-    from medkg_pdf.assets.render import available_cores
     from medkg_pdf.jobs import document_chain_job
     from medkg_pdf.engine.process import EmbeddedEngine
     from medkg_pdf.partitions import documents
@@ -176,10 +181,8 @@ def process_files(
         storage = resources["storage"]
         fail_orphaned_runs(instance, storage)
         run_config: dict[str, Any] = dict(QUIET_LOGS)
-        if workers >= available_cores():
-            # the documents' own render threads already keep every core busy (PNG encoding releases
-            # the GIL): render helper processes would add ~90 MB each (and their forkserver), no speed
-            run_config["ops"] = {"page_images_and_parses": {"config": {"workers": 1}}}
+        if render_processes is not None:
+            run_config["ops"] = {"page_images_and_parses": {"config": {"workers": render_processes}}}
         # resolved once for every run (what `materialize` would redo per document), under the job the daemon runs too
         chain = Definitions(jobs=[document_chain_job], assets=document_assets, resources=resources).resolve_job_def(document_chain_job.name)
 
@@ -231,7 +234,12 @@ def _print_result(result: dict[str, Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args.data_dir)
     results = process_files(
-        pdf_paths(args.files), data_dir, json_lines=args.json, workers=args.workers, pages_in_flight=args.pages_in_flight
+        pdf_paths(args.files),
+        data_dir,
+        json_lines=args.json,
+        workers=args.workers,
+        pages_in_flight=args.pages_in_flight,
+        render_processes=args.render_processes,
     )
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
@@ -279,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--pages-in-flight",
         type=int,
         help="pages on the model server at once across all workers (default: workers x $MEDKG_VLLM_MAX_CONCURRENCY, 8 each)",
+    )
+    run.add_argument(
+        "--render-processes",
+        type=int,
+        metavar="N",
+        help="processes rendering a document of 64+ pages (default: one per core, the helpers shared by all "
+        "workers); 1 renders in the document's own thread: ~100 MB less, slower with long documents",
     )
     run.add_argument("--json", action="store_true", help="one JSON object per document on stdout")
     run.set_defaults(func=cmd_run)
