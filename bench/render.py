@@ -103,7 +103,7 @@ def raw_range(pdf_path: str, start: int, stop: int, dpi: int, encoder: str = "as
     """Render pages [start, stop) to PNG bytes: with the asset's encoder (OpenCV), or PyMuPDF's own ("pymupdf")."""
     import pymupdf
 
-    from medkg_pdf.rendering import encode_png
+    from medkg_pdf.page_render import encode_png
 
     total = 0
     matrix = pymupdf.Matrix(dpi / 72, dpi / 72)

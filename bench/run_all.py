@@ -23,7 +23,7 @@ import warnings
 
 from bench.common import BENCH_DIR, Section, machine
 
-BENCHMARKS = ("throughput", "end_to_end", "render", "memory", "slo", "overhead")
+BENCHMARKS = ("throughput", "end_to_end", "render", "memory", "memory_cli", "slo", "overhead")
 # On a live webserver + daemon in real time, minutes each (live_slo: 15 min of arrivals + drain, ~20 min):
 # only with `--only`, e.g. `python -m bench.run_all --only live_slo live_backfill`.
 OPTIONAL = ("live_slo", "live_backfill")

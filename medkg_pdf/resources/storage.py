@@ -11,7 +11,7 @@ import re
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TypeVar
+from typing import Iterable, TypeVar
 
 from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
@@ -56,6 +56,10 @@ class DocumentStorage(ConfigurableResource, ABC):
     @abstractmethod
     def uri(self, key: str) -> str: ...
 
+    def write_chunks(self, key: str, chunks: Iterable[bytes]) -> str:
+        """Store the concatenation of `chunks`, atomically; a backend that can stream them holds one at a time."""
+        return self.write_bytes(key, b"".join(chunks))
+
     def write_text(self, key: str, text: str) -> str:
         return self.write_bytes(key, text.encode("utf-8"))
 
@@ -85,12 +89,16 @@ class LocalStorage(DocumentStorage):
         return Path(self.root) / check_key(key)
 
     def write_bytes(self, key: str, data: bytes) -> str:
+        return self.write_chunks(key, (data,))
+
+    def write_chunks(self, key: str, chunks: Iterable[bytes]) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                for chunk in chunks:
+                    handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)

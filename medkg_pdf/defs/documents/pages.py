@@ -9,9 +9,10 @@ page images of the same PDF instead of rendering them again.
 """
 
 
+import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, multi_asset
 
@@ -24,7 +25,7 @@ from medkg_pdf.defs.document_steps import (
     require_version,
     the_document,
 )
-from medkg_pdf.rendering import RenderConfig, iter_rendered, render_processes
+from medkg_pdf.rendering import RenderConfig, iter_rendered
 from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
@@ -53,6 +54,20 @@ def _status_table(parses: list[PageParse]) -> str:
 def safe_preview(markdown: str) -> str:
     """Model output is untrusted: show it as a fenced block so no HTML or script reaches the UI."""
     return "```text\n" + markdown[:PREVIEW_CHARS].replace("```", "ʼʼʼ") + "\n```"
+
+
+def page_summary(parse: PageParse) -> PageParse:
+    """What the step keeps of a page once it is stored: everything but its text (markdown, regions),
+    so a document's pages are never all in memory at once, however long it is."""
+    return parse.model_copy(update={"markdown": "", "regions": []})
+
+
+def page_parses_json(header: dict, pages: Iterable[PageParse]) -> Iterator[bytes]:
+    """A `PageParses` record as JSON, one page at a time (what `PageParses(...).model_dump_json()` holds whole)."""
+    yield json.dumps(header)[:-1].encode() + b', "pages": ['
+    for number, page in enumerate(pages):
+        yield (b"," if number else b"") + page.model_dump_json().encode()
+    yield b"]}"
 
 
 def reusable_manifest(storage: DocumentStorage, document_id: str, sha256: str, config: RenderConfig) -> PageImages | None:
@@ -120,8 +135,9 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
     if manifest is None and not render_wanted:
         require_version(storage, storage_keys.page_images(document_id), PageImages, "the page images", info.sha256)
     images: dict[int, PageImage] = {}
-    rendered = {"done": False, "reused": manifest is not None}
-    results: dict[int, PageParse] = {}
+    rendered = {"done": False, "reused": manifest is not None, "processes": 0}
+    results: dict[int, PageParse] = {}  # page summaries (no text), see page_summary
+    preview = {"markdown": ""}  # the first page's text, for the UI
     cached = 0
     fresh: set[int] = set()
     started = time.perf_counter()
@@ -130,7 +146,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
         if manifest is not None:
             yield from ((image, None) for image in manifest.pages)
         else:
-            yield from iter_rendered(storage.read_bytes(info.stored_at), info.sha256, config, storage)
+            yield from iter_rendered(storage.read_bytes(info.stored_at), info.sha256, config, storage, rendered)
         rendered["done"] = True
 
     def requests() -> Iterator[PageRequest]:
@@ -143,7 +159,9 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
             key = vllm.cache_key(info.sha256, image.index, config.dpi)
             previous = storage.read_model_or_none(storage_keys.page_parse(info.sha256, image.index, key), PageParse)
             if previous is not None and previous.status.usable:
-                results[image.index] = previous.model_copy(update={"document_id": document_id})
+                results[image.index] = page_summary(previous.model_copy(update={"document_id": document_id}))
+                if image.index == 0:
+                    preview["markdown"] = previous.markdown[:PREVIEW_CHARS]
                 cached += 1
                 continue
             yield PageRequest(
@@ -157,7 +175,9 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
 
     def store(parse: PageParse) -> None:
         storage.write_model(storage_keys.page_parse(info.sha256, parse.page_index, parse.cache_key), parse)
-        results[parse.page_index] = parse
+        if parse.page_index == 0:
+            preview["markdown"] = parse.markdown[:PREVIEW_CHARS]
+        results[parse.page_index] = page_summary(parse)  # the page is on disk: its text is not kept
         fresh.add(parse.page_index)
 
     stats = None
@@ -191,7 +211,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
                     "dpi": config.dpi,
                     "png_mb": round(sum(image.png_bytes for image in ordered) / 2**20, 2),
                     "reused_from_earlier_attempt": rendered["reused"],
-                    "render_processes": 0 if rendered["reused"] else render_processes(config, info.page_count),
+                    "render_processes": rendered["processes"],
                     "render_and_parse_s": round(seconds, 3),
                 },
             )
@@ -203,22 +223,31 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
     if not parse_wanted:
         return
     parses = [results[index] for index in sorted(results)]
-    record = PageParses(
-        document_id=document_id,
-        sha256=info.sha256,
-        model=vllm.model,
-        prompt_version=vllm.effective_prompt_version,
-        pages=parses,
-        model_calls=sum(parse.attempts for parse in parses if parse.page_index in fresh),
-        cached_pages=cached,
-    )
+    header = {
+        "document_id": document_id,
+        "sha256": info.sha256,
+        "model": vllm.model,
+        "prompt_version": vllm.effective_prompt_version,
+        "model_calls": sum(parse.attempts for parse in parses if parse.page_index in fresh),
+        "cached_pages": cached,
+    }
+    PageParses(**header, pages=[])  # the record's own validation, before anything is written
     if len(parses) != info.page_count:  # cannot happen unless a page went missing on the way: never record it as done
         raise DocumentError(f"{info.page_count - len(parses)} pages have no result", retryable=True, reason="pages_missing")
     error = failed_pages_error(parses, quality_targets.max_failed_page_share)
     if error is not None:
         storage.delete(storage_keys.page_parses(document_id))  # no record of another attempt stands in for this one
         raise error
-    storage.write_model(storage_keys.page_parses(document_id), record)
+
+    def stored_pages() -> Iterator[PageParse]:
+        for summary in parses:  # each page read back from its own file, written out, and dropped
+            key = storage_keys.page_parse(info.sha256, summary.page_index, summary.cache_key)
+            page = storage.read_model_or_none(key, PageParse)
+            if page is None:
+                raise DocumentError(f"page {summary.page_index + 1}'s result is gone from {storage.uri(key)}", retryable=True, reason="pages_missing")
+            yield page.model_copy(update={"document_id": document_id})
+
+    storage.write_chunks(storage_keys.page_parses(document_id), page_parses_json(header, stored_pages()))
     counts = Counter(parse.status.value for parse in parses)
     metadata = {
         "pages": len(parses),
@@ -226,7 +255,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
         "pages_blank": counts.get("blank", 0),
         "pages_failed": sum(not parse.status.usable for parse in parses),
         "pages_from_cache": cached,
-        "model_calls": record.model_calls,
+        "model_calls": header["model_calls"],
         "status_counts": dict(counts),
         "prompt_tokens": sum(p.prompt_tokens for p in parses),
         "completion_tokens": sum(p.completion_tokens for p in parses),
@@ -235,7 +264,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
         "profile": vllm.model_profile.name,
         "model_server": vllm.url,
         "page_status": MetadataValue.md(_status_table(parses)),
-        "first_page_preview": MetadataValue.md(safe_preview(parses[0].markdown if parses else "")),
+        "first_page_preview": MetadataValue.md(safe_preview(preview["markdown"])),
     }
     if stats is not None:
         metadata["run_stats"] = stats.summary()

@@ -1,0 +1,95 @@
+"""`run_death_sensor`: a run whose process died (OOM kill, eviction, node loss) leaves its document
+failed with that reason, so the reconciliation schedule retries it.
+
+When a run worker dies, no step gets to write the document's quarantine record. Dagster notices
+the death and marks the run failed: the code server that started the run worker (DefaultRunLauncher)
+logs "Run execution process for <run> was terminated by signal 9 (SIGKILL)" as an engine event,
+and run monitoring (`run_monitoring: enabled`, K8sRunLauncher) fails the run with the Job's pod
+status, e.g. "Terminated with exit code 137: OOMKilled". This sensor reads those words and writes
+the record: reason `oom_killed` when the process was SIGKILLed (exit code 137, OOMKilled: what the
+kernel's and the kubelet's OOM killers do), `run_process_died` otherwise. A run that failed in a
+step is left alone: the step wrote its own, more precise record. The CLI's in-process runs are
+handled by `medkg_pdf.cli.fail_orphaned_runs` (reason `process_died`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    SkipReason,
+    run_failure_sensor,
+)
+
+from medkg_pdf import storage_keys
+from medkg_pdf.defs.document_steps import quarantine
+from medkg_pdf.errors import DocumentError
+from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.schemas import QuarantineRecord
+
+# what the launchers write when the kernel or the kubelet killed the process (SIGKILL = exit 128 + 9)
+_KILLED = re.compile(r"OOMKilled|exit code 137|signal 9\b|SIGKILL", re.IGNORECASE)
+
+
+def death_of(instance: DagsterInstance, run: DagsterRun) -> DocumentError | None:
+    """Why the run's process died, from its event log; None when a step failed (the step said why)."""
+    records = instance.get_records_for_run(
+        run.run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.ENGINE_EVENT, DagsterEventType.RUN_FAILURE}
+    ).records
+    said: list[str] = []
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == DagsterEventType.STEP_FAILURE:
+            return None
+        message = record.event_log_entry.message or event.message or ""
+        if event.event_type == DagsterEventType.RUN_FAILURE or _KILLED.search(message) or "exit" in message.lower():
+            said.append(message.strip())
+    told = next((m for m in said if _KILLED.search(m)), None)
+    if told is not None:
+        return DocumentError(
+            f"the run's process was killed before the run ended (SIGKILL / exit code 137), most likely for memory: "
+            f"{told[:400]}; pages stored before are reused by the next run",
+            retryable=True,
+            reason="oom_killed",
+        )
+    detail = next((m for m in said if m), "no step reported a failure")
+    return DocumentError(
+        f"the run's process died before the run ended: {detail[:400]}; pages stored before are reused by the next run",
+        retryable=True,
+        reason="run_process_died",
+    )
+
+
+def quarantine_dead_run(instance: DagsterInstance, storage: DocumentStorage, run: DagsterRun) -> QuarantineRecord | None:
+    """Write the quarantine record of a document whose run died; nothing for runs that failed in a step."""
+    document_id = run.tags.get("dagster/partition")
+    if not document_id:
+        return None
+    error = death_of(instance, run)
+    if error is None:
+        return None
+    earlier = storage.read_model_or_none(storage_keys.quarantine(document_id), QuarantineRecord)
+    if earlier is not None and earlier.run_id == run.run_id:
+        return earlier  # recorded already (a sensor tick evaluated twice)
+    return quarantine(storage, document_id, "run", error, run_id=run.run_id)
+
+
+@run_failure_sensor(
+    name="run_death_sensor",
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="A document whose run's process died (OOM kill, eviction) is quarantined as transient with why, "
+    "so the reconciliation schedule runs it again.",
+)
+def run_death_sensor(context: RunFailureSensorContext, storage: DocumentStorage):
+    record = quarantine_dead_run(context.instance, storage, context.dagster_run)
+    if record is None:
+        return SkipReason(f"run {context.dagster_run.run_id} failed in a step or has no document")
+    context.log.info(f"document {record.document_id}: {record.reason}: {record.message}")
