@@ -55,17 +55,16 @@ def compare(document: StructuredDocument, baseline: BaselineParse) -> DocumentQu
     )
 
 
+def _page_row(page: PageQuality) -> str:
+    if not page.has_baseline:
+        return f"| {page.page} | no baseline | no baseline | no baseline | |"
+    return (f"| {page.page} | {page.edit_similarity:.3f} | {page.word_f1:.3f} | {page.numeric_recall:.3f} | "
+            f"{', '.join(page.numeric_missing[:8])} |")  # fmt: skip
+
+
 def _page_table(quality: DocumentQuality) -> str:
-    rows = ["| page | edit sim | word F1 | numeric recall | missing numbers |", "|---|---|---|---|---|"]
-    for page in quality.pages:
-        if not page.has_baseline:
-            rows.append(f"| {page.page} | no baseline | no baseline | no baseline | |")
-        else:
-            rows.append(
-                f"| {page.page} | {page.edit_similarity:.3f} | {page.word_f1:.3f} | {page.numeric_recall:.3f} | "
-                f"{', '.join(page.numeric_missing[:8])} |"
-            )
-    return "\n".join(rows)
+    header = ["| page | edit sim | word F1 | numeric recall | missing numbers |", "|---|---|---|---|---|"]
+    return "\n".join(header + [_page_row(page) for page in quality.pages])
 
 
 @document_asset(
