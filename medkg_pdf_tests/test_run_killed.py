@@ -4,6 +4,7 @@ through a real code server) and on the CLI path (`medkg-pdf run`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -136,13 +137,16 @@ def test_cli_killed_mid_document_leaves_it_failed_with_the_reason(tmp_path):
         env = dict(os.environ, MEDKG_VLLM_BASE_URL=double.url, MEDKG_VLLM_MODEL=MODEL, DAGSTER_HOME="")
         argv = [sys.executable, "-m", "medkg_pdf.cli", "run", str(pdf), "--json", "--data-dir", str(data)]
         process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stored = lambda: sorted(data.glob("cache/*/parses/page-*.json"))  # noqa: E731
         try:
-            _wait("pages on the model server", lambda: double.requests >= 4 or process.poll() is not None, 90)
+            _wait("pages stored", lambda: stored() or process.poll() is not None, 90)
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
         finally:
             process.kill()  # SIGKILL, as the OOM killer
             process.wait(timeout=30)
         assert double.requests < PAGES
+        stored_before = len(stored())
+        requests_before = double.requests
     from medkg_pdf.cli import fail_orphaned_runs
 
     storage = LocalStorage(root=str(data))
@@ -158,3 +162,12 @@ def test_cli_killed_mid_document_leaves_it_failed_with_the_reason(tmp_path):
         assert AssetPartitionStatus.MATERIALIZED not in _chain_status(instance, document_id)
         assert AssetPartitionStatus.IN_PROGRESS not in _chain_status(instance, document_id)
         assert not storage.exists(storage_keys.page_parses(document_id))
+
+        # the next run resumes: the pages stored before the kill are not asked for again
+        with VllmDouble(model=MODEL) as again:
+            rerun = subprocess.run(argv, env=dict(env, MEDKG_VLLM_BASE_URL=again.url), capture_output=True, text=True, timeout=120)
+            assert rerun.returncode == 0, rerun.stderr[-2000:]
+            assert again.requests == PAGES - stored_before < PAGES
+        (result,) = [json.loads(line) for line in rerun.stdout.splitlines() if line.startswith("{")]
+        assert result["status"] == "ok" and result["pages_ok"] == PAGES, result
+        assert stored_before >= 1 and requests_before >= stored_before
