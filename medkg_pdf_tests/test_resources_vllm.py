@@ -56,6 +56,13 @@ def test_pages_run_concurrently_within_the_bound(server):
     assert stats.model_calls == 16 and stats.summary()["latency_p95_s"] >= 0.2
 
 
+def test_run_stats_sum_the_servers_token_usage(server):
+    results, stats = parse(client(server.url, max_concurrency=4), pages(6))
+    assert stats.prompt_tokens == sum(r.prompt_tokens for r in results) > 6  # the image and the prompt, per page
+    assert stats.completion_tokens == sum(r.completion_tokens for r in results) > 0
+    assert stats.summary()["tokens_per_s"] > 0
+
+
 def test_requests_are_deterministic_and_recorded(server):
     results, _ = parse(client(server.url), pages(2))
     for body in server.request_bodies:

@@ -49,7 +49,7 @@ class RunStats:
     model_calls: int = 0  # HTTP requests, retries and re-asks included
     retries: int = 0  # tenacity's sleeps
     breaker_trips: int = 0
-    prompt_tokens: int = 0  # (never summed so far; each PageParse has its own usage)
+    prompt_tokens: int = 0  # the server's usage, summed over the pages' final answers
     completion_tokens: int = 0
     wall_s: float = 0.0
     latencies: list[float] = field(default_factory=list)
@@ -199,6 +199,8 @@ class ModelClient:
                             continue
                         del page
                         stats.status_counts[result.status.value] = stats.status_counts.get(result.status.value, 0) + 1
+                        stats.prompt_tokens += result.prompt_tokens
+                        stats.completion_tokens += result.completion_tokens
                         if result.status is PageStatus.ok:
                             stats.latencies.append(result.latency_s)
                         await asyncio.to_thread(on_result, result)
