@@ -113,21 +113,21 @@ def test_openai_endpoints_and_validation():
 
 
 def test_the_simulator_process_serves_the_pipelines_client(tmp_path):
-    """The real VLLMResource parses pages against the simulator started as a separate process."""
-    from medkg_pdf.resources.vllm import PageRequest, VLLMResource
+    """The pipeline's model client, without Dagster, parses pages against the simulator started as a separate process."""
+    from medkg_pdf.model_client import ModelClient, PageRecipe, PageRequest
     from medkg_pdf.schemas import PageStatus
 
     params = SimParams(max_num_seqs=4, step_base_s=0.001, step_per_seq_s=0.0, tokens=2, answer="# Dose\n\n500 mg")
     with Simulator(params) as sim:
         assert "ideal" in sim.banner
         before = sim.reset()
-        vllm = VLLMResource(base_url=sim.url, model=params.model, max_concurrency=6)
+        client = ModelClient(url=sim.url, recipe=PageRecipe.for_model(params.model), max_concurrency=6)
         pages = [
             PageRequest(document_id="doc-0123456789", page_index=i, cache_key=f"k{i}", load_png=lambda i=i: make_png(40 + i, 40))
             for i in range(10)
         ]
         results = []
-        stats = vllm.parse_pages(pages, results.append)
+        stats = client.parse_pages(pages, results.append)
         delta = stats_delta(before, sim.stats())
     assert [r.status for r in results] == [PageStatus.ok] * 10
     assert all("500 mg" in r.markdown for r in results) and stats.model_calls == 10

@@ -20,7 +20,7 @@ import pymupdf
 from medkg_pdf.chat_contract import page_messages, png_size
 from medkg_pdf.model_client.breaker import BreakerOpenError
 from medkg_pdf.model_client.errors import PageFailure, RetryableError
-from medkg_pdf.profiles import InvalidAnswerError, ModelProfile
+from medkg_pdf.profiles import InvalidAnswerError, ModelProfile, get_profile
 from medkg_pdf.schemas import PageParse, PageStatus, SamplingParams
 
 MIN_IMAGE_TOKENS = 64  # below this a page image is unreadable: fail the page rather than send it
@@ -47,6 +47,12 @@ class PageRecipe:
     prompt: str
     prompt_version: str
     sampling: SamplingParams
+
+    @classmethod
+    def for_model(cls, model: str, profile: str | None = None) -> PageRecipe:
+        """The recipe a model gets with no overrides: its profile's prompt and `max_tokens`, temperature 0, seed 42."""
+        chosen = get_profile(profile, model)
+        return cls(model, chosen, chosen.prompt, chosen.prompt_version, SamplingParams(max_tokens=chosen.max_tokens))
 
     def cache_key(self, pdf_sha256: str, page_index: int, dpi: int) -> str:
         """A page result is reusable only under the same PDF, page, DPI, model, prompt and sampling."""
