@@ -920,3 +920,11 @@ def test_no_literal_secrets():
     for path in _deploy_files():
         if "REPLACE_ME" in path.read_text(encoding="utf-8", errors="replace"):
             assert path.name.endswith(".template.yaml"), path
+
+
+def test_the_local_workspace_names_the_location_as_pyproject_does():
+    """`dagster dev -w workspace.yaml` and `dagster sensor start` from the repo root address one location name."""
+    (entry,) = [entry["python_module"] for entry in load_yaml(ROOT / "workspace.yaml")["load_from"]]
+    dagster = pyproject()["tool"]["dagster"]
+    assert entry["module_name"] == dagster["module_name"] == CODE_LOCATION_MODULE
+    assert entry["location_name"] == dagster["code_location_name"]
