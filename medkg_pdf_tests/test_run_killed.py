@@ -171,3 +171,44 @@ def test_cli_killed_mid_document_leaves_it_failed_with_the_reason(tmp_path):
         (result,) = [json.loads(line) for line in rerun.stdout.splitlines() if line.startswith("{")]
         assert result["status"] == "ok" and result["pages_ok"] == PAGES, result
         assert stored_before >= 1 and requests_before >= stored_before
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "reason", "expected"),
+    [(137, "OOMKilled", "oom_killed"), (1, "Error", "run_process_died")],
+)
+def test_a_run_pod_that_died_on_kubernetes_is_quarantined_with_what_the_kubelet_said(tmp_path, exit_code, reason, expected):
+    """Run monitoring fails the run with the pod's container status (dagster-k8s formats it; no API server
+    here, so the status is the kubernetes client's own object); the sensor reads the reason from it."""
+    from dagster_k8s.client import DagsterKubernetesClient
+    from kubernetes.client import V1ContainerState, V1ContainerStateTerminated, V1ContainerStatus
+
+    from medkg_pdf.defs.documents.sensors import quarantine_dead_run
+
+    status = V1ContainerStatus(
+        name="dagster", image="ghcr.io/medkg/medkg-pdf:0.1.0", image_id="", ready=False, restart_count=0,
+        state=V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=exit_code, reason=reason)),
+    )  # fmt: skip
+    container = DagsterKubernetesClient._get_container_status_str(None, status)  # self is not used
+    storage = LocalStorage(root=str(tmp_path / "data"))
+    with DagsterInstance.ephemeral() as instance:
+        run = instance.create_run_for_job(job_def=_one_op_job(), tags={"dagster/partition": "label-0123456789"})
+        instance.report_run_failed(run, f"Detected run worker status K8s job failed. Marking run {run.run_id} as failed.\n"
+                                        f"Pod dagster-run-{run.run_id[:8]}: container dagster: {container}")  # fmt: skip
+        record = quarantine_dead_run(instance, storage, instance.get_run_by_id(run.run_id))
+    assert record is not None and record.reason == expected and record.retryable
+    assert container in record.message and storage.read_model(storage_keys.quarantine("label-0123456789"), QuarantineRecord) == record
+
+
+def _one_op_job():
+    from dagster import job, op
+
+    @op
+    def nothing() -> None:
+        pass
+
+    @job
+    def one_op():
+        nothing()
+
+    return one_op
