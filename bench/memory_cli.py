@@ -131,8 +131,8 @@ def run(quick: bool = False, workers: tuple[int, ...] = WORKERS, pages: tuple[in
                     peak(top, None, big) / peak(top, None, mid), "x", GOAL_RATIO, op="<=", gating=True,
                     note=f"{peak(top, None, mid) / MB:.0f} -> {peak(top, None, big) / MB:.0f} MB")  # fmt: skip
     if mid != small:
-        section.add(f"peak PSS, {d} x {mid} / {d} x {small} pages, --workers {top}", peak(top, None, mid) / peak(top, None, small),
-                    "x", GOAL_RATIO, op="<=", note="includes the render helper processes (forkserver + 1 helper on 2 cores) "
+        section.add(f"peak PSS, {d} x {mid} / {d} x {small} pages, --workers {top} (the issue's goal)",
+                    peak(top, None, mid) / peak(top, None, small), "x", GOAL_RATIO, op="<=", gating=True, note="includes the render helper processes (forkserver + 1 helper on 2 cores) "
                     f"that only documents of 64+ pages start: {peak(top, None, small) / MB:.0f} -> {peak(top, None, mid) / MB:.0f} MB")  # fmt: skip
         if (top, in_flight, 1, mid) in results:
             section.add("the same with --render-processes 1 (no helper processes)", peak(top, 1, mid) / peak(top, None, small),
