@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from medkg_pdf.metrics import nearest_rank
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"
 OUT_DIR = BENCH_DIR / "out"  # scratch data of a run (git-ignored)
@@ -105,8 +107,10 @@ def median(values: list[float]) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest rank, as medkg_pdf.slo and RunStats compute it."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    result = nearest_rank(values, q)
+    if result is None:
+        raise ValueError("percentile of no samples")
+    return result
 
 
 # ----- machine ----------------------------------------------------------------------------------------

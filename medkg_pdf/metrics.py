@@ -11,11 +11,11 @@ The document's match score is word F1 pooled over the pages that have a usable b
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections import Counter
 
+import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 _MARKUP = re.compile(r"[#*_`|>~\[\]]+|^\s*[-+]\s+|^\s*\d+\.\s+|-{3,}", re.MULTILINE)
@@ -90,8 +90,6 @@ def baseline_usable(text: str) -> bool:
 
 
 def nearest_rank(values, q: float) -> float | None:
-    """The smallest sample with at least q of the samples at or below it (no interpolation)."""
-    ordered = sorted(float(v) for v in values)
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    """The smallest sample with at least q of the samples at or below it: a real sample, never an interpolation."""
+    samples = np.asarray(list(values), dtype=float)
+    return float(np.percentile(samples, q * 100, method="inverted_cdf")) if samples.size else None
