@@ -17,11 +17,21 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Bumped when a stored shape changes incompatibly; readers then know which shape a file follows.
+SCHEMA_VERSION = "1"
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SourceRef(Record):
+class Stored(BaseModel):
+    """A record written to storage as a file of its own: it names the version of the shapes it follows."""
+
+    schema_version: str = SCHEMA_VERSION
+
+
+class SourceRef(Stored, Record):
     """Where a document came from; written when the document is registered as a partition."""
 
     document_id: str
@@ -31,7 +41,7 @@ class SourceRef(Record):
     arrived_at: datetime = Field(default_factory=utc_now)
 
 
-class QuarantineRecord(BaseModel):
+class QuarantineRecord(Stored):
     """Why a document's current source version stopped, and whether and when it is tried again.
 
     `retryable` is False for permanent failures (invalid, encrypted, non-PDF, context overflow, the
@@ -57,7 +67,7 @@ class QuarantineRecord(BaseModel):
         return not self.retryable
 
 
-class SourceInfo(Record):
+class SourceInfo(Stored, Record):
     """What `source_pdf` learned about a valid PDF."""
 
     document_id: str
@@ -83,7 +93,7 @@ class PageImage(Record):
     rotation: int = 0
 
 
-class PageImages(Record):
+class PageImages(Stored, Record):
     document_id: str
     sha256: str
     dpi: int
@@ -125,7 +135,7 @@ class Region(Record):
     bbox: tuple[float, float, float, float]
 
 
-class PageParse(Record):
+class PageParse(Stored, Record):
     """One page's answer from the model server, stored as its own JSON file when it arrives."""
 
     document_id: str
@@ -151,7 +161,7 @@ class PageParse(Record):
     finished_at: datetime = Field(default_factory=utc_now)
 
 
-class PageParses(Record):
+class PageParses(Stored, Record):
     document_id: str
     sha256: str
     model: str
@@ -166,12 +176,16 @@ BlockKind = Literal["heading", "paragraph", "list", "table", "caption", "code", 
 
 class Block(Record):
     kind: BlockKind
-    page: int  # 1-based page number, the provenance a reader jumps to
+    page: int = Field(description="1-based page number: the provenance a reader jumps to.")
     text: str
     level: int | None = None  # heading level
     items: list[str] | None = None  # list items
     rows: list[list[str]] | None = None  # table cells, first row is the header
-    bbox: tuple[float, float, float, float] | None = None  # PDF points, when the model gives it
+    bbox: tuple[float, float, float, float] | None = Field(
+        default=None,
+        description="(x0, y0, x1, y1) in PDF points, origin at the page's top-left corner, y downwards (PyMuPDF's "
+        "page coordinates); present when the model gives boxes.",
+    )
 
 
 class Section(Record):
@@ -180,7 +194,7 @@ class Section(Record):
     blocks: list[Block]
 
 
-class StructuredDocument(Record):
+class StructuredDocument(Stored, Record):
     document_id: str
     sha256: str
     title: str | None
@@ -203,7 +217,7 @@ class BaselinePage(Record):
     text: str
 
 
-class BaselineParse(Record):
+class BaselineParse(Stored, Record):
     document_id: str
     sha256: str
     pages: list[BaselinePage]
@@ -218,7 +232,7 @@ class PageQuality(Record):
     numeric_missing: list[str] = []
 
 
-class DocumentQuality(Record):
+class DocumentQuality(Stored, Record):
     document_id: str
     pages: list[PageQuality]
     pages_compared: int
@@ -231,7 +245,7 @@ class DocumentQuality(Record):
     completed_at: datetime = Field(default_factory=utc_now)
 
 
-class AcceptedBaseline(Record):
+class AcceptedBaseline(Stored, Record):
     """Pointer to the structured document a person accepted as the regression baseline."""
 
     document_id: str
@@ -254,7 +268,7 @@ class RegressionPage(Record):
 RegressionVerdict = Literal["unchanged", "changed", "worse", "no_baseline", "source_changed"]
 
 
-class RegressionQuality(Record):
+class RegressionQuality(Stored, Record):
     """The current structured document compared with its accepted (pinned) one."""
 
     document_id: str
@@ -275,10 +289,29 @@ class RegressionQuality(Record):
     compared_at: datetime = Field(default_factory=utc_now)
 
 
-class ReportPointer(BaseModel):
+class ReportPointer(Stored):
     """`reports/quality/latest.json`: what the SLO checks evaluate."""
 
     day: str
     evaluated_at: datetime
     documents_csv: str
     slo_json: str
+
+
+# The shapes other tools read, published as JSON Schema under docs/schemas/ (a test keeps them in step).
+PUBLISHED = {"structured_document": StructuredDocument, "document_quality": DocumentQuality, "page_parses": PageParses}
+
+
+def published_json_schemas() -> dict[str, dict]:
+    return {name: model.model_json_schema(mode="serialization") for name, model in PUBLISHED.items()}
+
+
+if __name__ == "__main__":  # python -m medkg_pdf.schemas docs/schemas: rewrite the published schemas
+    import json
+    import sys
+    from pathlib import Path
+
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, schema in published_json_schemas().items():
+        (folder / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -3,13 +3,16 @@
 (The real embedded OCR engine runs the chain in test_chain_embedded.py.)
 """
 
+import json
+from pathlib import Path
+
 import pytest
 from dagster import materialize
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf.schemas import PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
+from medkg_pdf.schemas import SCHEMA_VERSION, PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
 from medkg_pdf_tests.support import pdf_factory
 from medkg_pdf_tests.support.chain import register_files, vllm_for
 from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble
@@ -61,6 +64,16 @@ def test_chain_materializes_every_asset_and_writes_files(tmp_path, storage, inst
     document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
     assert document.page_count == 3 and document.sections[0].heading == "Page"
     assert storage.read_text(storage_keys.structured_markdown(doc_id)).startswith("# Page")
+
+
+def test_every_file_the_chain_writes_names_the_schema_version_of_its_shape(tmp_path, storage, instance, double):
+    pdf = write(tmp_path, "label.pdf", pdf_factory.text_pdf(["Amoxicillin 500 mg every 8 hours"], pages=2))
+    (doc_id,) = register_files(storage, instance, [pdf])
+    assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
+
+    written = sorted(Path(storage.root).rglob("*.json"))
+    assert len(written) >= 7  # source ref and info, page images, two page parses, parses, baseline, structured, quality
+    assert {path.name: json.loads(path.read_text())["schema_version"] for path in written} == {path.name: SCHEMA_VERSION for path in written}
 
 
 def test_rerun_makes_zero_model_calls_and_a_prompt_change_reparses(tmp_path, storage, instance, double):

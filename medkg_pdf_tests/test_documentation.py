@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -19,3 +20,13 @@ def test_the_readme_configuration_names_every_environment_variable_the_package_r
 
     assert len(read_by_the_package) > 20, "the scan found the settings"
     assert sorted(name for name in read_by_the_package if f"`{name}`" not in configuration) == []
+
+
+def test_the_published_json_schemas_are_those_of_the_records_written():
+    from medkg_pdf.schemas import published_json_schemas
+
+    for name, schema in published_json_schemas().items():
+        path = REPO / "docs" / "schemas" / f"{name}.schema.json"
+        assert path.exists() and json.loads(path.read_text(encoding="utf-8")) == schema, (
+            f"{path.relative_to(REPO)} is out of date: python -m medkg_pdf.schemas docs/schemas"
+        )

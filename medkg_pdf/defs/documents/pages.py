@@ -9,7 +9,6 @@ page images of the same PDF instead of rendering them again.
 """
 
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -64,7 +63,7 @@ def page_summary(parse: PageParse) -> PageParse:
 
 def page_parses_json(header: dict, pages: Iterable[PageParse]) -> Iterator[bytes]:
     """A `PageParses` record as JSON, one page at a time (what `PageParses(...).model_dump_json()` holds whole)."""
-    yield json.dumps(header)[:-1].encode() + b', "pages": ['
+    yield PageParses(**header, pages=[]).model_dump_json(exclude={"pages"})[:-1].encode() + b', "pages": ['
     for number, page in enumerate(pages):
         yield (b"," if number else b"") + page.model_dump_json().encode()
     yield b"]}"
