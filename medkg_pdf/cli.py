@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import glob
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the summary says what failed
+if TYPE_CHECKING:
+    from medkg_pdf.schemas import SourceRef
+
 
 
 def _data_dir(arg: str | None) -> Path:
@@ -127,32 +132,73 @@ def _alive(pid: int) -> bool:
     return True
 
 
+GLOB_CHARS = set("*?[")
+
+
 def pdf_paths(args: list[str]) -> list[Path]:
-    """Files as given; a directory stands for the PDFs inside it (recursively), in name order."""
+    """Local inputs as users give them to olmOCR or marker: files, directories (their PDFs,
+    recursively), globs (`**` recursive) and `@list.txt` (one input per line); in name order per input."""
     paths: list[Path] = []
     for arg in args:
+        if arg.startswith("@"):
+            lines = Path(arg[1:]).read_text(encoding="utf-8").splitlines()
+            paths.extend(pdf_paths([line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]))
+            continue
         path = Path(arg)
         if path.is_dir():
             paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".pdf"))
+        elif not path.exists() and GLOB_CHARS & set(arg):
+            matches = sorted(Path(match) for match in glob.glob(arg, recursive=True))
+            paths.extend(matches or [path])  # no match: reported as missing, like a misspelt file
         else:
             paths.append(path)
     return paths
 
 
+def s3_inputs(uri: str, s3_client) -> list[SourceRef]:
+    """`s3://bucket/prefix`: every `.pdf` object under the prefix, registered as the sensor would."""
+    from medkg_pdf.sources import s3_ref
+
+    parsed = urlparse(uri)
+    refs = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=parsed.netloc, Prefix=parsed.path.lstrip("/")):
+        for item in page.get("Contents", []):
+            if item["Key"].lower().endswith(".pdf"):
+                refs.append(s3_ref(parsed.netloc, item["Key"], etag=item.get("ETag", "").strip('"') or None))
+    return refs
+
+
+def output_names(names: list[str]) -> list[str]:
+    """One output file stem per input, after its source; a stem shared by two inputs gets a number."""
+    stems = [Path(name).stem or "document" for name in names]
+    seen: dict[str, int] = {}
+    unique = []
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+        unique.append(stem if stems.count(stem) == 1 else f"{stem}-{seen[stem]}")
+    return unique
+
+
 def process_files(
-    files: list[Path],
+    files: list[Path | str],
     data_dir: Path,
     *,
     json_lines: bool,
     workers: int = 4,
     pages_in_flight: int | None = None,
     render_processes: int | None = None,
+    settings: dict[str, str] | None = None,
+    output_dir: Path | None = None,
+    progress: bool = False,
+    log_level: str = "CRITICAL",
 ) -> list[dict[str, Any]]:
     """Register each file as a `documents` partition and materialize the chain: one run per document.
 
     `workers` documents run at once (each its own Dagster run, in its own thread of this process),
     and `pages_in_flight` pages are on the model server across them (an equal share per run), so
     one document's start-up, rendering and tail are covered by the pages of the others.
+    `files` are local paths or `s3://bucket/prefix` strings; `settings` override the environment's
+    MEDKG_* settings for this command (model server, model, profile, key).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -164,11 +210,11 @@ def process_files(
     from medkg_pdf.defs.partitions import documents
     from medkg_pdf.resources import resources_for
     from medkg_pdf.chat_contract import EMBEDDED_MODEL
+    from medkg_pdf.schemas import SourceRef
     from medkg_pdf.sources import file_ref, register
 
-    environ = dict(os.environ, MEDKG_DATA_DIR=str(data_dir))
+    environ = dict(os.environ, MEDKG_DATA_DIR=str(data_dir), **(settings or {}))
     instance = _instance(data_dir, workers=workers)
-    workers = max(1, min(workers, len(files) or 1))
     results = []
     with ExitStack() as stack:
         if not environ.get("MEDKG_VLLM_BASE_URL"):
@@ -180,19 +226,29 @@ def process_files(
         resources = resources_for(environ)
         storage = resources["storage"]
         fail_orphaned_runs(instance, storage)
-        run_config: dict[str, Any] = dict(QUIET_LOGS)
+        inputs: list[Path | SourceRef] = []
+        for item in files:
+            if isinstance(item, str) and item.startswith("s3://"):
+                inputs.extend(s3_inputs(item, resources["inbox_s3"].get_client()))
+            else:
+                inputs.append(Path(item))
+        names = output_names([item.name for item in inputs])
+        workers = max(1, min(workers, len(inputs) or 1))
+        run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
         if render_processes is not None:
             run_config["ops"] = {"page_images_and_parses": {"config": {"workers": render_processes}}}
         # resolved once for every run (what `materialize` would redo per document), under the job the daemon runs too
         chain = Definitions(jobs=[document_chain_job], assets=document_assets, resources=resources).resolve_job_def(document_chain_job.name)
 
-        def one(path: Path) -> dict[str, Any]:
+        bar = _Progress(len(inputs)) if progress else None
+
+        def one(item: Path | SourceRef, name: str) -> dict[str, Any]:
             started = time.perf_counter()
-            if not path.is_file():
-                result = {"document_id": None, "source": str(path), "status": "failed", "pages": None, "pages_ok": 0,
-                          "quality": None, "output": None, "error": f"{path}: no such file"}  # fmt: skip
+            if isinstance(item, Path) and not item.is_file():
+                result = {"document_id": None, "source": str(item), "status": "failed", "pages": None, "pages_ok": 0,
+                          "quality": None, "output": None, "error": f"{item}: no such file"}  # fmt: skip
             else:
-                ref = file_ref(path)
+                ref = file_ref(item) if isinstance(item, Path) else item
                 register(storage, ref)
                 instance.add_dynamic_partitions(documents.name, [ref.document_id])
                 outcome = chain.execute_in_process(
@@ -205,41 +261,118 @@ def process_files(
                 error = None if outcome.success else _run_error(instance, outcome.run_id)
                 result = _document_summary(storage, ref.document_id, outcome.success, error)
                 result["run_id"] = outcome.run_id
+                if output_dir is not None and result["status"] == "ok":
+                    result["files"] = _copy_outputs(storage, ref.document_id, output_dir, name)
             result["seconds"] = round(time.perf_counter() - started, 2)
             if json_lines:
                 print(json.dumps(result), flush=True)
+            elif bar is not None:
+                bar.done(result)
             else:
                 _print_result(result)
             return result
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medkg-document") as pool:
-            results = list(pool.map(one, files))
+            results = list(pool.map(one, inputs, names))
+        if bar is not None:
+            bar.close()
     return results
 
 
-def _print_result(result: dict[str, Any]) -> None:
+def _copy_outputs(storage, document_id: str, output_dir: Path, name: str) -> list[str]:
+    """`<name>.md` and `<name>.json` beside each other, as olmOCR's and marker's output folders hold them."""
+    from medkg_pdf import storage_keys
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, suffix in ((storage_keys.structured_markdown(document_id), ".md"), (storage_keys.structured_json(document_id), ".json")):
+        target = output_dir / f"{name}{suffix}"
+        target.write_bytes(storage.read_bytes(key))
+        written.append(str(target))
+    return written
+
+
+class _Progress:
+    """Documents done of total, pages/s, failures and ETA on a terminal (tqdm, which Dagster installs);
+    each document's line is printed above the bar."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self._write = tqdm.write
+        self.bar = tqdm(total=total, unit="doc", dynamic_ncols=True, file=sys.stderr)
+        self.started = time.perf_counter()
+        self.pages = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+
+    def done(self, result: dict[str, Any]) -> None:
+        with self.lock:
+            self.pages += result.get("pages") or 0
+            self.failed += result["status"] != "ok"
+            self._write(_result_line(result))
+            rate = self.pages / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{rate:.1f} pages/s, {self.failed} failed", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+
+def _result_line(result: dict[str, Any]) -> str:
     if result["status"] == "ok":
         quality = "no baseline (scanned)" if result["quality"] is None else f"{result['quality']:.3f}"
-        print(
+        outputs = result.get("files") or [result["output"]]
+        return (
             f"  ok      {result['source']}: {result['pages_ok']}/{result['pages']} pages, "
-            f"match vs text layer {quality}, {result['seconds']:.1f} s\n          -> {result['output']}",
-            flush=True,
+            f"match vs text layer {quality}, {result['seconds']:.1f} s\n          -> {', '.join(outputs)}"
         )
-    else:
-        error = result["error"] or ""
-        error = error.removeprefix(f"{result['source']}: ")
-        print(f"  FAILED  {result['source']}: {error}", flush=True)
+    error = result["error"] or ""
+    error = error.removeprefix(f"{result['source']}: ")
+    return f"  FAILED  {result['source']}: {error}"
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    print(_result_line(result), flush=True)
+
+
+def model_server_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The model server options as the MEDKG_* settings they override (the key by the name of its variable)."""
+    settings = {}
+    for option, variable in (("server", "MEDKG_VLLM_BASE_URL"), ("model", "MEDKG_VLLM_MODEL"), ("profile", "MEDKG_VLLM_PROFILE")):
+        if getattr(args, option, None):
+            settings[variable] = getattr(args, option)
+    if getattr(args, "max_concurrency", None):
+        settings["MEDKG_VLLM_MAX_CONCURRENCY"] = str(args.max_concurrency)
+    if getattr(args, "api_key_env", None):
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise SystemExit(f"medkg-pdf: --api-key-env {args.api_key_env}: that environment variable is not set")
+        settings["MEDKG_VLLM_API_KEY"] = key
+    return settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.max_concurrency and args.pages_in_flight:
+        raise SystemExit("medkg-pdf: give --max-concurrency (per document) or --pages-in-flight (in all), not both")
     data_dir = _data_dir(args.data_dir)
+    settings = model_server_settings(args)
+    if "MEDKG_VLLM_API_KEY" in settings:  # the resource reads it as a Dagster EnvVar, from this process's environment
+        os.environ["MEDKG_VLLM_API_KEY"] = settings["MEDKG_VLLM_API_KEY"]
+    local = pdf_paths([arg for arg in args.files if not arg.startswith("s3://")])
+    remote = [arg for arg in args.files if arg.startswith("s3://")]
     results = process_files(
-        pdf_paths(args.files),
+        [*local, *remote],
         data_dir,
         json_lines=args.json,
         workers=args.workers,
         pages_in_flight=args.pages_in_flight,
         render_processes=args.render_processes,
+        settings=settings,
+        output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
+        progress=not args.json and sys.stderr.isatty(),
+        log_level="INFO" if args.verbose else "CRITICAL",  # by default the per-document lines say what failed
     )
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
@@ -273,34 +406,72 @@ def cmd_serve_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medkg-pdf")
+    except PackageNotFoundError:  # a source tree without an install
+        return "unknown"
+
+
+DATA_DIR_HELP = "where the Dagster instance and the outputs live (default: $MEDKG_DATA_DIR or ./.medkg-data)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from medkg_pdf.profiles import PROFILES
+
     parser = argparse.ArgumentParser(prog="medkg-pdf", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="generate sample medical PDFs and run the whole chain on them")
-    demo.add_argument("--data-dir", help="where outputs go (default: $MEDKG_DATA_DIR or ./.medkg-data)")
+    demo.add_argument("--data-dir", help=DATA_DIR_HELP)
     demo.set_defaults(func=cmd_demo)
-    run = sub.add_parser("run", help="run the whole chain on your own PDFs")
-    run.add_argument("files", nargs="+", metavar="PDF_OR_DIR", help="PDF files, or directories of them")
-    run.add_argument("--data-dir", help="where outputs go (default: $MEDKG_DATA_DIR or ./.medkg-data)")
-    run.add_argument("--workers", type=int, default=4, help="documents processed at once, each its own Dagster run (default 4)")
-    run.add_argument(
-        "--pages-in-flight",
-        type=int,
-        help="pages on the model server at once across all workers (default: workers x $MEDKG_VLLM_MAX_CONCURRENCY, 8 each)",
+    run = sub.add_parser(
+        "run",
+        help="run the whole chain on your own PDFs",
+        description="Each document is its own Dagster run on a real instance; a bad file fails its own document only. "
+        "Model server settings default to the MEDKG_VLLM_* environment (see the README); with none, the embedded CPU "
+        "engine starts for the command.",
     )
     run.add_argument(
+        "files",
+        nargs="+",
+        metavar="INPUT",
+        help="PDF files, directories (their PDFs, recursively), globs ('docs/**/*.pdf'), @list.txt (one input per "
+        "line) or s3://bucket/prefix (every .pdf under it)",
+    )
+    run.add_argument("--data-dir", help=DATA_DIR_HELP)
+    run.add_argument("--output-dir", metavar="DIR", help="also write <name>.md and <name>.json per document here, named after its source")
+    server = run.add_argument_group("model server (override the MEDKG_VLLM_* environment)")
+    server.add_argument("--server", metavar="URL", help="OpenAI-compatible server, e.g. http://vllm:8000 (default: $MEDKG_VLLM_BASE_URL, else the embedded engine)")
+    server.add_argument("--model", help="served model name, as in GET /v1/models (default: $MEDKG_VLLM_MODEL)")
+    server.add_argument("--profile", choices=sorted(PROFILES), help="model profile (default: inferred from the model name)")
+    server.add_argument("--api-key-env", metavar="VAR", help="name of the environment variable holding the server's API key (never the key itself: command lines show in ps)")
+    work = run.add_argument_group("how much at once")
+    work.add_argument("--workers", type=int, default=4, help="documents processed at once, each its own Dagster run (default 4)")
+    work.add_argument("--max-concurrency", type=int, metavar="N", help="pages on the model server at once per document (default: $MEDKG_VLLM_MAX_CONCURRENCY, 8)")
+    work.add_argument(
+        "--pages-in-flight",
+        type=int,
+        metavar="N",
+        help="pages on the model server at once across all workers, shared equally (instead of --max-concurrency)",
+    )
+    work.add_argument(
         "--render-processes",
         type=int,
         metavar="N",
         help="processes rendering a document of 64+ pages (default: one per core, the helpers shared by all "
         "workers); 1 renders in the document's own thread: ~100 MB less, slower with long documents",
     )
-    run.add_argument("--json", action="store_true", help="one JSON object per document on stdout")
+    shown = run.add_argument_group("what is printed")
+    shown.add_argument("--json", action="store_true", help="only one JSON object per document on stdout, as each finishes")
+    shown.add_argument("--verbose", action="store_true", help="the runs' Dagster logs on stderr (INFO)")
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve-local", help="serve the embedded OCR engine on the OpenAI-compatible API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-concurrency", type=int)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-concurrency", type=int, help="pages OCRed at once (default: one per two cores)")
     serve.set_defaults(func=cmd_serve_local)
     return parser
 

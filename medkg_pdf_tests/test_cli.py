@@ -53,6 +53,74 @@ def test_run_exits_zero_when_every_document_succeeds(tmp_path, env):
     assert "ok" in result.stdout and "1/1 pages" in result.stdout
 
 
+def test_run_takes_directories_globs_and_list_files_and_writes_one_md_and_json_per_source(tmp_path, env):
+    folder = tmp_path / "labels"
+    (folder / "2024").mkdir(parents=True)
+    for path in (folder / "amoxicillin.pdf", folder / "2024" / "amoxicillin.pdf", tmp_path / "heparin.pdf", tmp_path / "insulin.pdf"):
+        path.write_bytes(pdf_factory.text_pdf([f"{path.stem} {path.parent.name} 5 mg"], pages=1))
+    (tmp_path / "more.txt").write_text(f"# a comment\n{tmp_path / 'insulin.pdf'}\n\n")
+    out = tmp_path / "out"
+
+    result = medkg(["run", str(folder), str(tmp_path / "hep*.pdf"), f"@{tmp_path / 'more.txt'}", "--output-dir", str(out),
+                    "--json", "--data-dir", str(tmp_path / "d")], env)  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert sorted(line["source"] for line in lines) == ["amoxicillin.pdf", "amoxicillin.pdf", "heparin.pdf", "insulin.pdf"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "amoxicillin-1.json", "amoxicillin-1.md", "amoxicillin-2.json", "amoxicillin-2.md",
+        "heparin.json", "heparin.md", "insulin.json", "insulin.md",
+    ]  # fmt: skip
+    heparin = next(line for line in lines if line["source"] == "heparin.pdf")
+    assert json.loads((out / "heparin.json").read_text()) == json.loads(Path(heparin["output"].removeprefix("file://")).read_text())
+    assert (out / "heparin.md").read_text().startswith("# Page")  # the test server's answer, as markdown
+
+
+def test_run_options_choose_the_server_model_and_key_without_any_environment(tmp_path):
+    pdf = tmp_path / "ok.pdf"
+    pdf.write_bytes(pdf_factory.text_pdf(["Aspirin 81 mg"], pages=1))
+    secret = "sk-cli-canary-0123456789"
+    with VllmDouble(model=MODEL, api_key=secret) as double:
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("MEDKG_")}
+        env = dict(bare, DAGSTER_HOME="", SERVER_TOKEN=secret)
+        args = ["run", str(pdf), "--server", double.url, "--model", MODEL, "--max-concurrency", "2", "--json", "--data-dir", str(tmp_path / "d")]
+
+        refused = medkg(args, dict(bare, DAGSTER_HOME=""))  # no key: the server answers 401
+        unset = medkg([*args, "--api-key-env", "NOT_SET_ANYWHERE"], env)
+        served = medkg([*args, "--api-key-env", "SERVER_TOKEN"], env)
+
+    assert refused.returncode == 1 and json.loads(refused.stdout)["status"] == "failed"
+    assert unset.returncode != 0 and "NOT_SET_ANYWHERE" in unset.stderr and "not set" in unset.stderr
+    assert served.returncode == 0, served.stdout + served.stderr
+    assert json.loads(served.stdout)["pages_ok"] == 1
+    for result in (refused, unset, served):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_run_reads_every_pdf_under_an_s3_prefix(tmp_path, env, moto_server):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="labels")
+    for key in ("fda/warfarin.pdf", "fda/sub/heparin.PDF", "fda/readme.txt", "other/insulin.pdf"):
+        s3.put_object(Bucket="labels", Key=key, Body=pdf_factory.text_pdf([key], pages=1))
+
+    aws = {name: os.environ[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}  # moto's
+    result = medkg(["run", "s3://labels/fda/", "--json", "--data-dir", str(tmp_path / "d")], dict(env, MEDKG_S3_ENDPOINT_URL=moto_server, **aws))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(json.loads(line)["source"] for line in result.stdout.strip().splitlines()) == ["heparin.PDF", "warfarin.pdf"]
+
+
+def test_version_and_help_describe_every_option():
+    version = medkg(["--version"], dict(os.environ))
+    assert version.returncode == 0 and version.stdout.startswith("medkg-pdf ")
+    for command in ("run", "demo", "serve-local"):
+        parser = next(action for action in __import__("medkg_pdf.cli").cli.build_parser()._subparsers._group_actions).choices[command]
+        undocumented = [action.dest for action in parser._actions if not action.help]
+        assert undocumented == [], f"{command}: {undocumented}"
+
+
 def test_definitions_validate_with_dagster_cli(tmp_path):
     env = dict(os.environ, MEDKG_DATA_DIR=str(tmp_path), DAGSTER_HOME=str(tmp_path))
     result = subprocess.run(
