@@ -293,8 +293,8 @@ def _copy_outputs(storage, document_id: str, output_dir: Path, name: str) -> lis
 
 
 class _Progress:
-    """Documents done of total, pages/s, failures and ETA on a terminal (tqdm, which Dagster installs);
-    each document's line is printed above the bar."""
+    """Documents done of total, pages/s, failures and ETA on the terminal's stderr (tqdm, which Dagster
+    installs); each document's line goes to stdout, above the bar."""
 
     def __init__(self, total: int):
         from tqdm import tqdm

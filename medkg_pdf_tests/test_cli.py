@@ -112,6 +112,40 @@ def test_run_reads_every_pdf_under_an_s3_prefix(tmp_path, env, moto_server):
     assert sorted(json.loads(line)["source"] for line in result.stdout.strip().splitlines()) == ["heparin.PDF", "warfarin.pdf"]
 
 
+def test_on_a_terminal_a_progress_line_counts_documents_pages_and_failures(tmp_path, env):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    good, bad = tmp_path / "ok.pdf", tmp_path / "bad.pdf"
+    good.write_bytes(pdf_factory.text_pdf(["Aspirin 81 mg"], pages=2))
+    bad.write_bytes(b"not a pdf")
+    controller, terminal = pty.openpty()  # stderr is a terminal of 24 x 120, stdout a pipe
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    try:
+        result = subprocess.run([sys.executable, "-m", "medkg_pdf.cli", "run", str(good), str(bad), "--data-dir", str(tmp_path / "d")],
+                                env=env, stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=240)  # fmt: skip
+        os.close(terminal)
+        shown = b""
+        while chunk := _read_or_none(controller):
+            shown += chunk
+    finally:
+        os.close(controller)
+
+    progress = shown.decode(errors="replace")
+    assert result.returncode == 1
+    assert "2/2" in progress and "pages/s" in progress and "1 failed" in progress, progress
+    assert "ok      ok.pdf" in result.stdout and "FAILED  bad.pdf" in result.stdout  # each document's line, above the bar
+
+
+def _read_or_none(fd: int) -> bytes | None:
+    try:
+        return os.read(fd, 65536) or None
+    except OSError:  # the terminal's other end is closed: all was read
+        return None
+
+
 def test_version_and_help_describe_every_option():
     version = medkg(["--version"], dict(os.environ))
     assert version.returncode == 0 and version.stdout.startswith("medkg-pdf ")
