@@ -387,13 +387,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = process_files(paths, data_dir, json_lines=False)
     ok = sum(r["status"] == "ok" for r in results)
     pages = sum(r["pages"] or 0 for r in results)
+    report = build_report(data_dir)
     print(
         f"\n{ok}/{len(results)} documents ok, {pages} pages, {time.perf_counter() - started:.1f} s in all.\n"
         f"Outputs: {data_dir / 'documents'}\n"
+        f"Quality report (tables and plots): {report}\n"
         f"Open the Dagster UI on these runs:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
         f"MEDKG_DATA_DIR={data_dir} .venv/bin/dagster dev   (or: make ui)"
     )
     return 0 if ok == len(results) else 1
+
+
+def build_report(data_dir: Path) -> str:
+    """Materialize the daily quality report over what is stored, as the daemon's schedule would; returns its folder."""
+    from dagster import materialize
+
+    from medkg_pdf import storage_keys
+    from medkg_pdf.defs.reporting.assets import quality_report
+    from medkg_pdf.resources import resources_for
+    from medkg_pdf.schemas import ReportPointer
+
+    resources = resources_for(dict(os.environ, MEDKG_DATA_DIR=str(data_dir)))
+    materialize(
+        [quality_report],
+        instance=_instance(data_dir),
+        resources={name: resources[name] for name in ("storage", "quality_targets", "pushgateway")},
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        tags={"medkg/trigger": "cli"},
+    )
+    pointer = resources["storage"].read_model(storage_keys.quality_report_latest(), ReportPointer)
+    return resources["storage"].uri(pointer.documents_csv).rsplit("/", 1)[0]
 
 
 def cmd_serve_local(args: argparse.Namespace) -> int:

@@ -103,3 +103,29 @@ def test_the_code_location_wires_checks_policies_jobs_and_the_schedule():
     assert {"vlm_page_parses_failed_page_share", "parse_quality_match_score", "slo_latency", "slo_error_rate"} <= checks
     assert {"accept_baseline", "regression_check", "quality_report_job"} <= {job.name for job in defs.jobs}
     assert defs.resolve_schedule_def("daily_quality_report").cron_schedule == "0 6 * * *"
+
+
+def test_the_score_plot_names_each_document_lowest_first_and_marks_those_under_a_gate():
+    from matplotlib.colors import to_rgba
+
+    from medkg_pdf.report_plots import LABELLED_DOCUMENTS, score_figure
+
+    cohort = pd.DataFrame({
+        "document_id": ["a-1", "b-2", "c-3", "d-4"], "name": ["good.pdf", "numbers.pdf", "scan.pdf", "fair.pdf"],
+        "match_score": [1.0, 0.97, None, 0.90], "numeric_recall": [1.0, 0.5, None, 1.0],
+    })  # fmt: skip
+    figure = score_figure(cohort, {"match_score": 0.95, "numeric_recall": 0.99})
+
+    scores, recall = figure.axes[0], figure.axes[1]
+    assert [label.get_text() for label in scores.get_yticklabels()] == ["fair.pdf", "numbers.pdf", "good.pdf"]
+    red, blue = to_rgba("#c44e52"), to_rgba("#4c72b0")
+    assert [tuple(color) for color in scores.collections[0].get_facecolors()] == [red, blue, blue]
+    assert [tuple(color) for color in recall.collections[0].get_facecolors()] == [blue, red, blue]
+    assert "3 documents with a text-layer baseline" in figure._suptitle.get_text() and "1 without one" in figure._suptitle.get_text()
+
+    many = pd.DataFrame({"document_id": [f"d-{i}" for i in range(100)], "name": [f"doc{i:03d}.pdf" for i in range(100)],
+                         "match_score": [i / 100 for i in range(100)], "numeric_recall": [1.0] * 100})  # fmt: skip
+    crowded = score_figure(many, {"match_score": 0.95, "numeric_recall": 0.99})
+    assert len(crowded.axes[0].get_yticklabels()) == LABELLED_DOCUMENTS
+    assert crowded.axes[0].get_yticklabels()[0].get_text() == "doc000.pdf"  # the lowest kept
+    assert "60 more score higher" in crowded._suptitle.get_text()

@@ -1,8 +1,8 @@
 """The daily quality report: scores, page outcomes and SLOs of the documents of the last window.
 
-Written to `reports/quality/<day>/` as CSV (and Parquet when pyarrow is installed) plus two PNG
-plots, summarised in the asset's metadata (the plots embedded, so the Dagster UI shows them),
-pushed to a Prometheus Pushgateway when one is configured, and judged by the SLO checks in
+Written to `reports/quality/<day>/` as CSV (and Parquet when pyarrow is installed) plus PNG plots
+(scores per document, latency per hour, one page with its blocks' boxes: `medkg_pdf.report_plots`),
+summarised in the asset's metadata (the plots embedded, so the Dagster UI shows them), pushed to a Prometheus Pushgateway when one is configured, and judged by the SLO checks in
 `medkg_pdf.defs.reporting.checks`, which re-read the CSV this asset wrote.
 """
 
@@ -11,20 +11,20 @@ import json
 from collections import Counter
 from typing import Any
 
-import matplotlib.dates as mdates
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
-from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend, thread-safe
 
 from medkg_pdf import fleet, prometheus, slo, storage_keys
 from medkg_pdf.chat_contract import png_data_url
+from medkg_pdf.report_plots import latency_figure, provenance_figure, score_figure, to_png
 from medkg_pdf.resources.pushgateway import PushgatewayResource
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import ReportPointer, utc_now
+from medkg_pdf.schemas import PageImages, ReportPointer, StructuredDocument, utc_now
 
 WORST_DOCUMENTS = 10
-PLOT_DPI = 80
+PROVENANCE_CANDIDATES = 5
+PLOT_TITLES = {"scores.png": "scores per document", "latency.png": "latency percentiles per hour", "provenance.png": "where a page's blocks came from"}
 
 try:  # Parquet is a bonus: the CSV is the contract
     import pyarrow  # noqa: F401  (pandas finds it by name)
@@ -38,55 +38,19 @@ def read_report_documents(storage: DocumentStorage, pointer: ReportPointer) -> p
     return pd.read_csv(io.BytesIO(storage.read_bytes(pointer.documents_csv)))
 
 
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def score_plot(cohort: pd.DataFrame, targets: QualityTargets) -> bytes:
-    figure = Figure(figsize=(8, 3))
-    axes = figure.subplots(1, 2)
-    for ax, column, gate, label in (
-        (axes[0], "match_score", targets.min_match_score, "match score (word F1 vs text layer)"),
-        (axes[1], "numeric_recall", targets.min_numeric_recall, "numeric-token recall"),
-    ):
-        values = cohort[column].dropna().astype(float) if len(cohort) else pd.Series(dtype=float)
-        if len(values):
-            ax.hist(values.clip(lower=0.5), bins=[0.5 + i * 0.025 for i in range(21)], color="#4c72b0")
-        else:
-            ax.text(0.5, 0.5, "no documents with a baseline", ha="center", va="center", transform=ax.transAxes)
-        ax.axvline(gate, color="#c44e52", linestyle="--", label=f"gate {gate}")
-        ax.set_xlim(0.5, 1.0)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("score (values below 0.5 shown at 0.5)", fontsize=8)
-        ax.set_ylabel("documents", fontsize=8)
-        ax.legend(fontsize=7)
-    figure.tight_layout()
-    return _png(figure)
-
-
-def latency_plot(over_time: pd.DataFrame, report: slo.SloReport) -> bytes:
-    targets = report.targets
-    figure = Figure(figsize=(8, 3))
-    ax = figure.subplots()
-    colors = {"p50": "#4c72b0", "p95": "#dd8452", "p99": "#c44e52"}
-    if len(over_time):
-        for name in slo.QUANTILES:
-            ax.plot(over_time.index, over_time[name], marker="o", color=colors[name], label=f"{name} measured")
-    else:
-        ax.text(0.5, 0.5, "no completed documents in the window", ha="center", va="center", transform=ax.transAxes)
-    for name in slo.QUANTILES:
-        ax.axhline(targets.latency_target(name), color=colors[name], linestyle="--", linewidth=0.8, label=f"{name} target")
-    ax.set_xlim(report.window_start, report.window_end)
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("end-to-end latency, s")
-    ax.set_title("latency percentiles per hour of completion", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    figure.autofmt_xdate()
-    figure.tight_layout()
-    return _png(figure)
+def provenance_png(storage: DocumentStorage, cohort: pd.DataFrame) -> bytes | None:
+    """The first page with boxes of the lowest-scoring completed document that has any (a few are tried)."""
+    completed = cohort[cohort["status"] == "completed"].sort_values("match_score", na_position="last")
+    for _, row in completed.head(PROVENANCE_CANDIDATES).iterrows():
+        document = storage.read_model_or_none(storage_keys.structured_json(row["document_id"]), StructuredDocument)
+        manifest = storage.read_model_or_none(storage_keys.page_images(row["document_id"]), PageImages)
+        if document is None or manifest is None:
+            continue
+        for image in manifest.pages:
+            figure = provenance_figure(document, image.index + 1, storage.read_bytes(image.key), image.dpi, str(row["name"]))
+            if figure is not None:
+                return to_png(figure)
+    return None
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -175,10 +139,13 @@ def quality_report(
         buffer = io.BytesIO()
         table.to_parquet(buffer, index=False)
         put("documents.parquet", buffer.getvalue())
-    scores_png = score_plot(cohort, quality_targets)
-    latency_png = latency_plot(over_time, report)
-    put("scores.png", scores_png)
-    put("latency.png", latency_png)
+    gates = {"match_score": quality_targets.min_match_score, "numeric_recall": quality_targets.min_numeric_recall}
+    plots = {"scores.png": to_png(score_figure(cohort, gates)), "latency.png": to_png(latency_figure(over_time, report))}
+    provenance = provenance_png(storage, cohort)
+    if provenance is not None:
+        plots["provenance.png"] = provenance
+    for name, png in plots.items():
+        put(name, png)
     registry = prometheus.registry_for(everything, report, now)
     put("metrics.prom", prometheus.exposition(registry).encode())
     pointer = ReportPointer(day=day, evaluated_at=now, documents_csv=documents_key, slo_json=slo_key)
@@ -199,8 +166,7 @@ def quality_report(
             slo_table(report),
             "**Pages**: " + (", ".join(f"{status} {count}" for status, count in page_counts.most_common()) or "none"),
             "**Worst documents**\n\n" + worst_table(cohort),
-            _img(scores_png, "score distribution"),
-            _img(latency_png, "latency percentiles per hour"),
+            *(_img(png, PLOT_TITLES[name]) for name, png in plots.items()),
         ]
     )
     metadata: dict[str, Any] = {
