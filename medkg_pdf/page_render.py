@@ -9,6 +9,7 @@ queue, and the document's process stores them, so a helper never runs far ahead 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -66,6 +67,9 @@ def draw_page(page: pymupdf.Page, dpi: int, max_bytes: int) -> tuple[bytes, dict
         "height": pix.height,
         "dpi": round(scale * 72, 2),
         "png_bytes": len(png),
+        "png_sha256": hashlib.sha256(png).hexdigest(),  # what the model is shown: part of the page's cache key
+        "width_pt": round(page.rect.width, 2),
+        "height_pt": round(page.rect.height, 2),
         "blank": ratio < BLANK_INK_RATIO,
         "ink_ratio": round(ratio, 6),
         "rotation": page.rotation,

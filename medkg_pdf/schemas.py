@@ -88,6 +88,9 @@ class PageImage(Record):
     height: int
     dpi: float  # effective DPI after any downscale
     png_bytes: int
+    png_sha256: str | None = None  # content hash of the PNG (None in manifests written before it was recorded)
+    width_pt: float | None = None  # the page's size in PDF points (1/72 in), as boxes are given
+    height_pt: float | None = None
     blank: bool
     ink_ratio: float
     rotation: int = 0

@@ -3,6 +3,7 @@
 (The real embedded OCR engine runs the chain in test_chain_embedded.py.)
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from dagster import materialize
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.resources.quality import QualityTargets
-from medkg_pdf.schemas import SCHEMA_VERSION, PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
+from medkg_pdf.schemas import SCHEMA_VERSION, PageImages, PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
 from medkg_pdf_tests.support import pdf_factory
 from medkg_pdf_tests.support.chain import register_files, vllm_for
 from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble
@@ -86,6 +87,41 @@ def test_rerun_makes_zero_model_calls_and_a_prompt_change_reparses(tmp_path, sto
     assert storage.read_model(storage_keys.page_parses(doc_id), PageParses).cached_pages == 4
     assert run_chain(instance, storage, vllm_for(double.url, prompt_version="page-markdown-v2"), doc_id).success
     assert double.requests == 8
+
+
+def test_a_stored_answer_is_reused_only_when_everything_that_decides_it_is_the_same(tmp_path, storage, instance, double):
+    pdf = write(tmp_path, "guide.pdf", pdf_factory.text_pdf(["Sepsis bundle 30 mL/kg"], pages=2))
+    (doc_id,) = register_files(storage, instance, [pdf])
+
+    def requests_made(**settings) -> int:
+        before = double.requests
+        assert run_chain(instance, storage, vllm_for(double.url, **settings), doc_id).success
+        return double.requests - before
+
+    edited = "Transcribe this page as markdown. Keep every number and unit exactly."
+    assert requests_made() == 2
+    assert requests_made(backoff_initial_s=0.01) == 0  # how the client retries does not decide an answer
+    assert requests_made(prompt=edited) == 2  # the prompt's text changed, its version label did not
+    assert requests_made(prompt=edited) == 0
+    assert requests_made(prompt=edited, model_revision="2026-11-30") == 2  # new weights under the same name
+    assert requests_made(prompt=edited, model_revision="2026-11-30", max_model_len=12288) == 2  # a context that can shrink the image
+    assert requests_made(prompt=edited, model_revision="2026-11-30", max_model_len=12288, seed=7) == 2
+    assert requests_made(prompt=edited, model_revision="2026-11-30", max_model_len=12288, seed=7) == 0
+
+
+def test_a_page_rendered_differently_is_asked_again(tmp_path, storage, instance, double):
+    """The key holds the hash of the PNG the model is shown: a renderer upgrade that changes pixels re-asks."""
+    pdf = write(tmp_path, "guide.pdf", pdf_factory.text_pdf(["Sepsis bundle 30 mL/kg"], pages=1))
+    (doc_id,) = register_files(storage, instance, [pdf])
+    assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
+    manifest = storage.read_model(storage_keys.page_images(doc_id), PageImages)
+    page = manifest.pages[0]
+    assert page.png_sha256 == hashlib.sha256(storage.read_bytes(page.key)).hexdigest()
+    assert page.width_pt == 612 and page.height_pt == 792  # letter, in points
+
+    storage.write_model(storage_keys.page_images(doc_id), manifest.model_copy(update={"pages": [page.model_copy(update={"png_sha256": "0" * 64})]}))
+    assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
+    assert double.requests == 2
 
 
 def test_identical_pdfs_under_two_names_are_parsed_once(tmp_path, storage, instance, double):

@@ -8,6 +8,7 @@ transport (`client.py`), so it reads as the policy it is.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -47,6 +48,8 @@ class PageRecipe:
     prompt: str
     prompt_version: str
     sampling: SamplingParams
+    model_revision: str = ""  # the served weights, set by the operator: the name alone survives a redeploy
+    max_model_len: int | None = None  # configured context (None: the server's); it can shrink the image sent
 
     @classmethod
     def for_model(cls, model: str, profile: str | None = None) -> PageRecipe:
@@ -54,10 +57,24 @@ class PageRecipe:
         chosen = get_profile(profile, model)
         return cls(model, chosen, chosen.prompt, chosen.prompt_version, SamplingParams(max_tokens=chosen.max_tokens))
 
-    def cache_key(self, pdf_sha256: str, page_index: int, dpi: int) -> str:
-        """A page result is reusable only under the same PDF, page, DPI, model, prompt and sampling."""
-        identity = {"pdf": pdf_sha256, "page": page_index, "dpi": dpi, **self.labels(), "sampling": self.sampling.model_dump()}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    def cache_key(self, pdf_sha256: str, page_index: int, dpi: int, image_sha256: str | None = None) -> str:
+        """A stored answer is reused only when everything that decides it is the same: the image sent (the
+        PNG's hash, and the profile's and context's sizing of it), the served model and its revision, the
+        prompt's very text (a version label alone misses an edit) and the sampling."""
+        identity = {
+            "pdf": pdf_sha256,
+            "page": page_index,
+            "dpi": dpi,
+            "image_sha256": image_sha256,
+            "model": self.model,
+            "model_revision": self.model_revision,
+            "profile": {"class": type(self.profile).__name__, **dataclasses.asdict(self.profile)},
+            "prompt_sha256": hashlib.sha256(self.prompt.encode()).hexdigest(),
+            "prompt_version": self.prompt_version,  # a bump alone still re-asks, as operators expect
+            "max_model_len": self.max_model_len,
+            "sampling": self.sampling.model_dump(),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
     def labels(self) -> dict[str, str]:
         """What every result records about who answered it."""

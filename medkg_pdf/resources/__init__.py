@@ -38,6 +38,8 @@ def vllm_resource(environ: Mapping[str, str], *, default_model: str) -> VLLMReso
         "model": environ.get("MEDKG_VLLM_MODEL") or (default_model if base_url else EMBEDDED_MODEL),
         "max_concurrency": int(environ.get("MEDKG_VLLM_MAX_CONCURRENCY", "8")),
     }
+    if environ.get("MEDKG_VLLM_MODEL_REVISION"):
+        settings["model_revision"] = environ["MEDKG_VLLM_MODEL_REVISION"]
     if environ.get("MEDKG_VLLM_PROFILE"):
         settings["profile"] = environ["MEDKG_VLLM_PROFILE"]
     if environ.get("MEDKG_VLLM_MAX_MODEL_LEN"):

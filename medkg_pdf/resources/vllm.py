@@ -59,6 +59,11 @@ class VLLMResource(ConfigurableResource):
         default=None, description="vLLM server URL, e.g. http://vllm:8000. Unset: start the embedded CPU engine."
     )
     model: str = Field(default=EMBEDDED_MODEL, description="Served model name, as in GET /v1/models.")
+    model_revision: str = Field(
+        default="",
+        description="The served weights' revision (e.g. the Hugging Face commit). Bump it when the weights change "
+        "under the same name: it is part of every page's cache key, so old answers are not reused.",
+    )
     api_key: str | None = Field(default=None, description="Bearer token (vLLM --api-key). From a secret only.")
     max_concurrency: int = Field(default=8, ge=1, description="Requests in flight per run.")
     connect_timeout_s: float = 10.0
@@ -131,10 +136,18 @@ class VLLMResource(ConfigurableResource):
         return SamplingParams(temperature=self.temperature, seed=self.seed, max_tokens=max_tokens)
 
     def recipe(self) -> PageRecipe:
-        return PageRecipe(self.model, self.model_profile, self.effective_prompt, self.effective_prompt_version, self.sampling())
+        return PageRecipe(
+            self.model,
+            self.model_profile,
+            self.effective_prompt,
+            self.effective_prompt_version,
+            self.sampling(),
+            model_revision=self.model_revision,
+            max_model_len=self.max_model_len,
+        )
 
-    def cache_key(self, pdf_sha256: str, page_index: int, dpi: int) -> str:
-        return self.recipe().cache_key(pdf_sha256, page_index, dpi)
+    def cache_key(self, pdf_sha256: str, page_index: int, dpi: int, image_sha256: str | None = None) -> str:
+        return self.recipe().cache_key(pdf_sha256, page_index, dpi, image_sha256)
 
     def redact(self, text: str) -> str:
         return redact(text, self.api_key)

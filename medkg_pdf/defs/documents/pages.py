@@ -155,7 +155,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
             images[image.index] = image
             if not parse_wanted:
                 continue
-            key = vllm.cache_key(info.sha256, image.index, config.dpi)
+            key = vllm.cache_key(info.sha256, image.index, config.dpi, image.png_sha256)
             previous = storage.read_model_or_none(storage_keys.page_parse(info.sha256, image.index, key), PageParse)
             if previous is not None and previous.status.usable:
                 results[image.index] = page_summary(previous.model_copy(update={"document_id": document_id}))
