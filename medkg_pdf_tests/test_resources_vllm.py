@@ -129,6 +129,31 @@ def test_429_honours_retry_after(server):
     assert stats.retries == 1
 
 
+def test_a_retry_after_of_an_hour_costs_a_page_at_most_the_cap(server):
+    server.set_faults(Faults(script=["429"], retry_after_s=3600))
+    started = time.monotonic()
+    results, _ = parse(client(server.url, max_concurrency=1, retry_after_max_s=0.3), pages(1))
+    assert results[0].status is PageStatus.ok and results[0].attempts == 2
+    assert 0.3 <= time.monotonic() - started < 10
+
+
+def test_a_busy_server_answering_429_slows_pages_down_but_never_opens_the_breaker(server, caplog):
+    server.set_faults(Faults(script=["429"] * 6, retry_after_s=0.01))  # more refusals in a row than the breaker allows failures
+    with caplog.at_level(logging.INFO):
+        results, stats = parse(client(server.url, max_concurrency=1, max_attempts=8), pages(3), logging.getLogger("busy"))
+    assert [r.status for r in results] == [PageStatus.ok] * 3
+    assert results[0].attempts == 7 and stats.breaker_trips == 0
+    assert "open" not in caplog.text
+
+
+def test_a_runaway_response_body_is_cut_off_while_it_is_read(server):
+    server.set_faults(Faults(script=["endless"]))
+    results, _ = parse(client(server.url, max_attempts=1), pages(1))
+    assert results[0].status is PageStatus.invalid_response
+    assert "over 8 MiB: not read further" in results[0].error
+    assert server.endless_bytes_sent < 64 * 2**20  # the client hung up; it did not read the server's 256 MiB
+
+
 def test_breaker_opens_after_five_failures_and_the_rest_fail_fast(server, caplog):
     server.set_faults(Faults(error_503=1.0))
     with caplog.at_level(logging.INFO):

@@ -9,6 +9,7 @@ benchmarks all build this same client.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from medkg_pdf.schemas import PageParse, PageStatus
 log = logging.getLogger("medkg_pdf.vllm")
 
 MAX_ANSWER_CHARS = 200_000  # model output is untrusted text: cap what we keep
+MAX_RESPONSE_BYTES = 8 * 2**20  # and what we read: 200 k characters of JSON-escaped text fit with room to spare
 OnResult = Callable[[PageParse], None]  # stores one result; called in a worker thread, as results arrive
 _FATAL_HINTS = {
     401: "the server refused the API key: set MEDKG_VLLM_API_KEY to the key vLLM was started with (--api-key)",
@@ -81,12 +83,13 @@ class Backoff:
     max_attempts: int = 3
     initial_s: float = 1.0
     max_s: float = 20.0
+    retry_after_max_s: float = 60.0  # a server asking for an hour must not park a page (and its pool slot) for one
 
     def wait(self, state: RetryCallState) -> float:
         backoff = wait_exponential_jitter(initial=self.initial_s, max=self.max_s)(state)
         error = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(error, "retry_after", None)
-        return min(max(backoff, retry_after or 0.0), max(self.max_s, retry_after or 0.0))
+        retry_after = min(getattr(error, "retry_after", None) or 0.0, self.retry_after_max_s)
+        return min(max(backoff, retry_after), max(self.max_s, retry_after))
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -266,7 +269,8 @@ class ModelClient:
                     try:
                         answer = await self._post(client, body)
                     except RetryableError as error:
-                        breaker.record_failure(str(error))
+                        if not error.throttled:  # a 429 is a busy server asking to slow down, not a broken one
+                            breaker.record_failure(str(error))
                         raise
                     breaker.record_success()
                     return answer, tries
@@ -277,7 +281,8 @@ class ModelClient:
 
     async def _post(self, client: httpx.AsyncClient, body: dict) -> dict[str, Any]:
         try:
-            response = await client.post("/v1/chat/completions", json=body)
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                raw = await _read_capped(response, MAX_RESPONSE_BYTES)
         except httpx.TimeoutException as error:
             raise RetryableError(f"{type(error).__name__} after {self.timeout.read:.0f} s read timeout", PageStatus.timeout) from None
         except httpx.TransportError as error:
@@ -285,13 +290,15 @@ class ModelClient:
         code = response.status_code
         if code == 429 or code >= 500:
             retry_after = _retry_after_s(response.headers.get("retry-after"))
-            raise RetryableError(f"HTTP {code} from {self.url}: {_error_message(response)}", PageStatus.http_error, retry_after)
+            raise RetryableError(
+                f"HTTP {code} from {self.url}: {_error_message(raw)}", PageStatus.http_error, retry_after, throttled=code == 429
+            )
         if code in _FATAL_HINTS:
             raise FatalRequestError(f"HTTP {code} from {self.url} for model {self.recipe.model!r}: {_FATAL_HINTS[code]}")
         if code >= 400:
-            raise PageFailure(f"HTTP {code} (not retried): {_error_message(response)}", PageStatus.http_error)
+            raise PageFailure(f"HTTP {code} (not retried): {_error_message(raw)}", PageStatus.http_error)
         try:
-            payload = response.json()
+            payload = json.loads(raw)
             choice = payload["choices"][0]
             text = choice["message"]["content"]
             if text is not None and not isinstance(text, str):
@@ -301,6 +308,17 @@ class ModelClient:
         return {"text": (text or "")[:MAX_ANSWER_CHARS], "finish_reason": choice.get("finish_reason"), "usage": payload.get("usage")}
 
 
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The body, read while it stays under `limit` bytes: a runaway answer is cut off on the wire, not after."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise PageFailure(f"response body over {limit // 2**20} MiB: not read further", PageStatus.invalid_response)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _retry_after_s(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
@@ -308,10 +326,10 @@ def _retry_after_s(value: str | None) -> float | None:
         return None
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(raw: bytes) -> str:
     try:
-        error = response.json().get("error")
+        error = json.loads(raw).get("error")
         message = error.get("message") if isinstance(error, dict) else error
     except (ValueError, AttributeError):
         message = None
-    return str(message or response.text)[:300]
+    return str(message or raw.decode("utf-8", "replace"))[:300]

@@ -24,10 +24,11 @@ class FatalRequestError(ModelServerError):
 class RetryableError(Exception):
     """Worth another attempt (timeout, 429, 5xx, dropped connection); `retry_after` honours the server."""
 
-    def __init__(self, message: str, status: PageStatus, retry_after: float | None = None):
+    def __init__(self, message: str, status: PageStatus, retry_after: float | None = None, *, throttled: bool = False):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.throttled = throttled  # 429: back-pressure, which must not open the circuit breaker
 
 
 class PageFailure(Exception):

@@ -74,6 +74,9 @@ class VLLMResource(ConfigurableResource):
     max_attempts: int = Field(default=3, ge=1)
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 20.0
+    retry_after_max_s: float = Field(
+        default=60.0, ge=0, description="Cap on a server's Retry-After: a page waits at most this long per retry."
+    )
     breaker_failure_threshold: int = 5
     breaker_recovery_s: float = 60.0
     breaker_success_threshold: int = 2
@@ -164,7 +167,12 @@ class VLLMResource(ConfigurableResource):
                 connect=self.connect_timeout_s, read=self.read_timeout_s, write=self.write_timeout_s, pool=self.pool_timeout_s
             ),
             preflight_timeout_s=self.preflight_timeout_s,
-            backoff=Backoff(max_attempts=self.max_attempts, initial_s=self.backoff_initial_s, max_s=self.backoff_max_s),
+            backoff=Backoff(
+                max_attempts=self.max_attempts,
+                initial_s=self.backoff_initial_s,
+                max_s=self.backoff_max_s,
+                retry_after_max_s=self.retry_after_max_s,
+            ),
             new_breaker=functools.partial(
                 CircuitBreaker,
                 failure_threshold=self.breaker_failure_threshold,

@@ -47,11 +47,12 @@ from medkg_pdf.chat_contract import PNG_SIGNATURE, ChatContractError, data_url_p
 __all__ = ["FAULT_NAMES", "Faults", "VllmDouble", "default_answer", "make_png"]
 
 #: Canonical fault names, in the order their probabilities are laid out on [0, 1).
-FAULT_NAMES = ("error_500", "error_503", "rate_limit_429", "reset", "stall", "garbage", "bad_shape")
+FAULT_NAMES = ("error_500", "error_503", "rate_limit_429", "reset", "stall", "garbage", "bad_shape", "endless")
 _ALIASES = {"ok": "ok", "500": "error_500", "503": "error_503", "429": "rate_limit_429"}
 _ALIASES.update({name: name for name in FAULT_NAMES})
 
 GARBAGE_BODY = b'{"id": "chatcmpl-trunc\x00\xff<html>502 Bad Gateway</html>'
+ENDLESS_LIMIT = 256 * 2**20  # an "endless" body stops here if the client never hangs up
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Faults:
     stall: float = 0.0  # sleep stall_s before answering (wakes early when the server goes down)
     garbage: float = 0.0  # 200 with a body that is not JSON
     bad_shape: float = 0.0  # 200 JSON without "choices"
+    endless: float = 0.0  # 200 whose body never ends (up to ENDLESS_LIMIT): a runaway generation or a broken proxy
     script: list[str] = field(default_factory=list)
     seed: int = 0
     retry_after_s: float = 1  # Retry-After header of a 429 (fractional values are sent as is)
@@ -223,6 +225,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload: Any, headers: dict | None = None) -> bool:
         return self._send(status, json.dumps(payload).encode(), headers=headers)
 
+    def _stream_endless(self) -> int:
+        """A 200 with no length whose content never closes; returns the bytes written before the client hung up."""
+        self.close_connection = True
+        sent = 0
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"choices": [{"message": {"content": "')
+            chunk = b"| 5 mg " * 9362
+            while sent < ENDLESS_LIMIT:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass
+        return sent
+
     def _error(self, status: int, message: str, kind: str, headers: dict | None = None) -> bool:
         return self._json(
             status, {"object": "error", "error": {"message": message, "type": kind, "code": status}}, headers
@@ -374,6 +393,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "garbage":
             double._count_fault(fault)
             self._send(200, GARBAGE_BODY)
+            return
+        if fault == "endless":
+            double._count_fault(fault)
+            double.endless_bytes_sent = self._stream_endless()
             return
         if fault == "bad_shape":
             double._count_fault(fault)
@@ -690,6 +713,7 @@ class VllmDouble:
             self.completions_ok = 0
             self.abandoned = 0
             self.faults_injected: Counter[str] = Counter()
+            self.endless_bytes_sent = 0
             self.errors: Counter[int] = Counter()
             self.ok_by_image: Counter[str] = Counter()
             self.last_headers: list[dict[str, str]] = []
