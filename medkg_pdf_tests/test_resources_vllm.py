@@ -20,6 +20,7 @@ from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble, make_png
 
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 SECRET = "sk-medkg-test-7f3a9c1d5e"
+URL_PASSWORD = "pw-in-url-93b1e0"
 
 
 def client(url: str, **settings) -> VLLMResource:
@@ -87,6 +88,27 @@ def test_wrong_api_key_fails_fast_and_says_what_to_fix():
             parse(client(double.url, api_key="wrong-key"), pages(2))
         assert double.requests == 0
     assert SECRET not in str(caught.value) and "wrong-key" not in str(caught.value)
+
+
+def test_the_resource_repr_shows_neither_the_key_nor_a_password_in_the_url():
+    resource = client(f"http://medkg:{URL_PASSWORD}@127.0.0.1:9", api_key=SECRET)
+    shown = repr(resource) + str(resource)
+    assert SECRET not in shown and URL_PASSWORD not in shown
+    assert "base_url='http://127.0.0.1:9'" in shown and resource.shown_url == "http://127.0.0.1:9"
+
+
+def test_a_password_in_the_server_url_never_reaches_errors_logs_or_results(server, caplog):
+    with_password = server.url.replace("http://", f"http://medkg:{URL_PASSWORD}@")
+    server.set_faults(Faults(script=["503", "500"]))
+    with caplog.at_level(logging.DEBUG):
+        results, _ = parse(client(with_password, max_attempts=1), pages(3), logging.getLogger("url-test"))
+    assert [r.status for r in results] == [PageStatus.http_error, PageStatus.http_error, PageStatus.ok]
+    assert server.last_headers[-1]["authorization"].startswith("Basic ")  # the credentials are used, only not shown
+    with VllmDouble(model=MODEL, api_key=SECRET) as locked, pytest.raises(FatalRequestError) as refused:
+        parse(client(locked.url.replace("http://", f"http://medkg:{URL_PASSWORD}@")), pages(1))
+    everything = caplog.text + str(refused.value) + "".join(r.model_dump_json() for r in results)
+    assert "HTTP 503 from http://127.0.0.1" in everything and "model server http://127.0.0.1" in str(refused.value)
+    assert URL_PASSWORD not in everything and "medkg:" not in everything
 
 
 def test_down_server_fails_in_seconds_naming_url_and_model():

@@ -5,7 +5,7 @@
 - `errors.py`: what the caller must handle. `breaker.py`: the breaker's state machine.
 """
 
-from medkg_pdf.model_client.client import Backoff, ModelClient, OnResult, RunStats, redact
+from medkg_pdf.model_client.client import Backoff, ModelClient, OnResult, RunStats, redact, shown_url, url_password
 from medkg_pdf.model_client.errors import (
     FatalRequestError,
     ModelNotServedError,
@@ -32,4 +32,6 @@ __all__ = [
     "ServerUnavailableError",
     "looks_repetitive",
     "redact",
+    "shown_url",
+    "url_password",
 ]

@@ -92,9 +92,36 @@ class Backoff:
         return min(max(backoff, retry_after), max(self.max_s, retry_after))
 
 
-def redact(text: str, secret: str | None) -> str:
-    """Error texts may echo the request; the API key must never reach a log or a stored result."""
-    return text.replace(secret, "***") if secret else text
+def redact(text: str, *secrets: str | None) -> str:
+    """Error texts may echo the request; an API key or a URL's password must never reach a log or a stored result."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def shown_url(url: str) -> str:
+    """The URL without `user:password@`, for logs, errors and metadata (the client itself keeps the credentials)."""
+    try:
+        return str(httpx.URL(url).copy_with(username=None, password=None))
+    except httpx.InvalidURL:
+        return "<invalid URL>"
+
+
+def url_credentials(url: str) -> httpx.BasicAuth | None:
+    """`user:password@` of a server URL (e.g. a reverse proxy's basic auth) as httpx auth."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+    return httpx.BasicAuth(parsed.username, parsed.password) if parsed.username or parsed.password else None
+
+
+def url_password(url: str) -> str | None:
+    try:
+        return httpx.URL(url).password or None
+    except httpx.InvalidURL:
+        return None
 
 
 @dataclass(frozen=True)
@@ -112,7 +139,11 @@ class ModelClient:
     max_model_len: int | None = None  # unset: what GET /v1/models says, else 8192
 
     def redact(self, text: str) -> str:
-        return redact(text, self.api_key)
+        return redact(text, self.api_key, url_password(self.url))
+
+    @property
+    def shown_url(self) -> str:
+        return shown_url(self.url)
 
     def parse_pages(
         self,
@@ -138,7 +169,7 @@ class ModelClient:
 
         def on_change(old: BreakerState, new: BreakerState, why: str) -> None:
             (logger.warning if new is BreakerState.open else logger.info)(
-                f"circuit breaker {old.value} -> {new.value} for {self.url}: {self.redact(why)}"
+                f"circuit breaker {old.value} -> {new.value} for {self.shown_url}: {self.redact(why)}"
             )
 
         breaker = self.new_breaker(on_change=on_change)
@@ -172,7 +203,9 @@ class ModelClient:
                 if close is not None:
                     close()
 
-        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=self.timeout, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=self.shown_url, auth=url_credentials(self.url), headers=headers, timeout=self.timeout, limits=limits
+        ) as client:  # the credentials go in `auth`, so no URL that httpx logs carries them
             producer = threading.Thread(target=produce, name="medkg-pages", daemon=True)
             producer.start()
             fatal: list[BaseException] = []
@@ -223,7 +256,7 @@ class ModelClient:
     async def _preflight(self, client: httpx.AsyncClient) -> int:
         """Fail within seconds, before any page work, when the server is down or serves another model."""
         model = self.recipe.model
-        where = f"model server {self.url} (model {model!r})"
+        where = f"model server {self.shown_url} (model {model!r})"
         quick = httpx.Timeout(self.preflight_timeout_s)
         try:
             health = await client.get("/health", timeout=quick)
@@ -264,7 +297,7 @@ class ModelClient:
             ):
                 with attempt:
                     tries += 1
-                    breaker.before_call(self.url)
+                    breaker.before_call(self.shown_url)
                     stats.model_calls += 1
                     try:
                         answer = await self._post(client, body)
@@ -291,10 +324,10 @@ class ModelClient:
         if code == 429 or code >= 500:
             retry_after = _retry_after_s(response.headers.get("retry-after"))
             raise RetryableError(
-                f"HTTP {code} from {self.url}: {_error_message(raw)}", PageStatus.http_error, retry_after, throttled=code == 429
+                f"HTTP {code} from {self.shown_url}: {self.redact(_error_message(raw))}", PageStatus.http_error, retry_after, throttled=code == 429
             )
         if code in _FATAL_HINTS:
-            raise FatalRequestError(f"HTTP {code} from {self.url} for model {self.recipe.model!r}: {_FATAL_HINTS[code]}")
+            raise FatalRequestError(f"HTTP {code} from {self.shown_url} for model {self.recipe.model!r}: {_FATAL_HINTS[code]}")
         if code >= 400:
             raise PageFailure(f"HTTP {code} (not retried): {_error_message(raw)}", PageStatus.http_error)
         try:

@@ -32,6 +32,8 @@ from medkg_pdf.model_client import (
     ServerUnavailableError,
     looks_repetitive,
     redact,
+    shown_url,
+    url_password,
 )
 from medkg_pdf.model_client.breaker import CircuitBreaker
 from medkg_pdf.profiles import ModelProfile, get_profile
@@ -64,7 +66,9 @@ class VLLMResource(ConfigurableResource):
         description="The served weights' revision (e.g. the Hugging Face commit). Bump it when the weights change "
         "under the same name: it is part of every page's cache key, so old answers are not reused.",
     )
-    api_key: str | None = Field(default=None, description="Bearer token (vLLM --api-key). From a secret only.")
+    api_key: str | None = Field(
+        default=None, repr=False, description="Bearer token (vLLM --api-key). From a secret only; never shown by repr()."
+    )
     max_concurrency: int = Field(default=8, ge=1, description="Requests in flight per run.")
     connect_timeout_s: float = 10.0
     read_timeout_s: float = Field(default=300.0, description="Generous: a page can queue for minutes under load.")
@@ -94,6 +98,11 @@ class VLLMResource(ConfigurableResource):
 
     _engine: Any = PrivateAttr(default=None)
     _started_url: str | None = PrivateAttr(default=None)
+
+    def __repr_args__(self):
+        """repr() and str() show the server URL without `user:password@` (and never the key, `repr=False`)."""
+        for name, value in super().__repr_args__():
+            yield name, shown_url(value) if name == "base_url" and value else value
 
     # ----- lifecycle -------------------------------------------------------------------------
     def setup_for_execution(self, context: InitResourceContext) -> None:
@@ -152,8 +161,13 @@ class VLLMResource(ConfigurableResource):
     def cache_key(self, pdf_sha256: str, page_index: int, dpi: int, image_sha256: str | None = None) -> str:
         return self.recipe().cache_key(pdf_sha256, page_index, dpi, image_sha256)
 
+    @property
+    def shown_url(self) -> str:
+        """The server URL for logs and metadata: without `user:password@`."""
+        return shown_url(self.url)
+
     def redact(self, text: str) -> str:
-        return redact(text, self.api_key)
+        return redact(text, self.api_key, url_password(self.url))
 
     # ----- the plain client --------------------------------------------------------------------
     def client(self) -> ModelClient:

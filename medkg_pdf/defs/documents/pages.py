@@ -183,7 +183,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
     server_error: ModelServerError | None = None
     if parse_wanted:
         context.log.info(
-            f"rendering {info.page_count} pages and sending them to {vllm.url} as they are rendered "
+            f"rendering {info.page_count} pages and sending them to {vllm.shown_url} as they are rendered "
             f"(model {vllm.model}, {vllm.max_concurrency} in flight)"
         )
         try:
@@ -261,7 +261,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
         "model": vllm.model,
         "prompt_version": vllm.effective_prompt_version,
         "profile": vllm.model_profile.name,
-        "model_server": vllm.url,
+        "model_server": vllm.shown_url,
         "page_status": MetadataValue.md(_status_table(parses)),
         "first_page_preview": MetadataValue.md(safe_preview(preview["markdown"])),
     }
