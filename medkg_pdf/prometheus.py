@@ -29,17 +29,17 @@ SCORE_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 def registry_for(frame: pd.DataFrame, report: slo.SloReport, now: datetime) -> CollectorRegistry:
     """A registry holding the SLO figures of `report` and the all-time counts of `frame` (one row per document)."""
     registry = CollectorRegistry()
-    everything = slo.classify(frame) if len(frame) else frame.assign(status=pd.Series(dtype=str))
+    everything = slo.classify(frame, report.targets) if len(frame) else frame.assign(status=pd.Series(dtype=str))
     counts = everything["status"].value_counts()
 
     processed = Counter("medkg_pdfs_processed", "Documents whose chain completed (all time, from storage).", registry=registry)
     processed.inc(int(counts.get("completed", 0)))
-    failed = Counter("medkg_pdfs_failed", "Documents now in quarantine (all time, from storage).", registry=registry)
+    failed = Counter("medkg_pdfs_failed", "Documents now in quarantine or under a quality gate (all time, from storage).", registry=registry)
     failed.inc(int(counts.get("failed", 0)))
     backlog = Gauge("medkg_pdf_backlog_documents", "Registered documents neither completed nor failed.", registry=registry)
     backlog.set(int(counts.get("pending", 0)))
 
-    cohort = slo.in_window(everything, now, report.targets.window) if len(everything) else everything
+    cohort = slo.in_window(everything, now, report.targets.window, report.targets) if len(everything) else everything
     duration = Histogram(
         "medkg_pdf_processing_duration_seconds",
         "End-to-end latency (arrival to quality record) of the documents of the SLO window; replaced on each push.",

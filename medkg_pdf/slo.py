@@ -11,8 +11,9 @@ Definitions (targets from docs/quality.md and the operations SLOs):
 
 - window: documents that *arrived* in the last `window` (default 24 h), so a backfill that
   re-runs old documents after a model change does not count as a latency breach
-- status: `failed` when quarantined after its last completion, `completed` when it has a
-  quality record, otherwise `pending` (the backlog)
+- status: `failed` when quarantined after its last completion or under a blocking quality gate,
+  `completed` when it has a quality record, otherwise `pending` (the backlog); only records
+  newer than the document's registration count (after a re-upload it is pending again)
 - latency: completed_at - arrived_at, end to end (queueing included); nearest-rank percentiles.
   A pending document older than the P99 target is a breach we already know of, so it joins the
   sample with its current age instead of hiding until it finishes
@@ -42,6 +43,9 @@ class SloTargets:
     throughput_per_h: float = 60.0
     max_error_rate: float = 0.02
     window: timedelta = timedelta(hours=24)
+    # the blocking quality gates: a document under one is an error, not a completion (None: not judged here)
+    min_match_score: float | None = None
+    min_numeric_recall: float | None = None
 
     def latency_target(self, name: str) -> float:
         return {"p50": self.latency_p50_s, "p95": self.latency_p95_s, "p99": self.latency_p99_s}[name]
@@ -91,27 +95,51 @@ def _utc(value) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def classify(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add `status`, `finished_at` and `latency_s` (NaN unless completed)."""
+def classify(frame: pd.DataFrame, targets: SloTargets | None = None) -> pd.DataFrame:
+    """Add `status`, `finished_at` and `latency_s` (NaN unless completed).
+
+    Only records of the current source version count: a quality record or a failure older than the
+    registration (a re-upload) belongs to the version before, so the document is pending again.
+    With `targets`, a completed document under a quality gate is `failed` (reason `quality_gate`).
+    """
     out = frame.copy()
     for column in ("arrived_at", "completed_at", "failed_at"):
         if column in out:
             out[column] = pd.to_datetime(out[column], utc=True)
         else:
             out[column] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns, UTC]")
+    for column in ("completed_at", "failed_at"):
+        out[column] = out[column].where(~(out[column] < out["arrived_at"]))
     failed = out["failed_at"].notna() & (out["completed_at"].isna() | (out["failed_at"] > out["completed_at"]))
     completed = out["completed_at"].notna() & ~failed
+    under_gate = completed & _under_a_gate(out, targets)
+    if under_gate.any():
+        # permanent: the same parse is judged the same; a new model, prompt or source version is what changes it
+        for column, value in (("failure_stage", "parse_quality"), ("failure_reason", "quality_gate"), ("failure_class", "permanent")):
+            out[column] = (out[column] if column in out else pd.Series(None, index=out.index, dtype=object)).astype(object)
+            out.loc[under_gate, column] = value
+    failed, completed = failed | under_gate, completed & ~under_gate
     out["status"] = np.select([failed, completed], ["failed", "completed"], default="pending")
-    out["finished_at"] = out["completed_at"].where(completed, out["failed_at"].where(failed))
+    out["finished_at"] = out["completed_at"].where(completed | under_gate, out["failed_at"].where(failed))
     out["latency_s"] = (out["completed_at"] - out["arrived_at"]).dt.total_seconds().where(completed)
     return out
 
 
-def in_window(frame: pd.DataFrame, now, window: timedelta) -> pd.DataFrame:
+def _under_a_gate(frame: pd.DataFrame, targets: SloTargets | None) -> pd.Series:
+    under = pd.Series(False, index=frame.index)
+    if targets is None:
+        return under
+    for column, minimum in (("match_score", targets.min_match_score), ("numeric_recall", targets.min_numeric_recall)):
+        if minimum is not None and column in frame:
+            under |= pd.to_numeric(frame[column], errors="coerce") < minimum  # NaN (no baseline): not under
+    return under
+
+
+def in_window(frame: pd.DataFrame, now, window: timedelta, targets: SloTargets | None = None) -> pd.DataFrame:
     """The documents that arrived in (now - window, now], classified (re-derived, so a frame read back
     from CSV, with its times as text, works the same)."""
     now = _utc(now)
-    classified = classify(frame)
+    classified = classify(frame, targets)
     arrived = classified["arrived_at"]
     return classified[(arrived > now - window) & (arrived <= now)]
 
@@ -135,7 +163,7 @@ def busy_hours(starts: pd.Series, ends: pd.Series) -> float:
 
 def evaluate(frame: pd.DataFrame, now, targets: SloTargets = SloTargets()) -> SloReport:
     now = _utc(now)
-    cohort = in_window(frame, now, targets.window)
+    cohort = in_window(frame, now, targets.window, targets)
     report = SloReport(window_start=(now - targets.window).to_pydatetime(), window_end=now.to_pydatetime(), targets=targets)
     report.documents = len(cohort)
     counts = cohort["status"].value_counts()
@@ -161,9 +189,9 @@ def evaluate(frame: pd.DataFrame, now, targets: SloTargets = SloTargets()) -> Sl
     return report
 
 
-def latency_over_time(frame: pd.DataFrame, now, window: timedelta, freq: str = "1h") -> pd.DataFrame:
+def latency_over_time(frame: pd.DataFrame, now, window: timedelta, freq: str = "1h", targets: SloTargets | None = None) -> pd.DataFrame:
     """Nearest-rank P50/P95/P99 of the documents completed in each `freq` bucket of the window."""
-    cohort = in_window(frame, now, window)
+    cohort = in_window(frame, now, window, targets)
     done = cohort[cohort["status"] == "completed"]
     columns = ["count", *QUANTILES]
     if done.empty:

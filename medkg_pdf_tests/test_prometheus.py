@@ -72,7 +72,7 @@ def record_document(storage, name: str, arrived_ago_s: float, latency_s: float |
 @pytest.fixture
 def two_documents(storage):
     record_document(storage, "fast", arrived_ago_s=3600, latency_s=30)
-    record_document(storage, "slow", arrived_ago_s=1800, latency_s=100, match_score=0.9)
+    record_document(storage, "slow", arrived_ago_s=1800, latency_s=100, match_score=0.96)  # above the 0.95 gate
     return storage
 
 
@@ -96,7 +96,7 @@ def test_the_exposition_names_the_slo_figures_like_the_dashboards(two_documents)
     assert 'medkg_pdf_slo_latency_target_seconds{quantile="0.95"} 90.0' in text
     assert 'medkg_pdf_slo_met{slo="latency_p95"} 0.0' in text  # P95 is the 100 s document: over 90 s
     assert 'medkg_pdf_slo_met{slo="error_rate"} 1.0' in text
-    assert 'medkg_pdf_match_score_bucket{le="0.9"} 1.0' in text
+    assert 'medkg_pdf_match_score_bucket{le="0.95"} 0.0' in text and 'medkg_pdf_match_score_bucket{le="0.98"} 1.0' in text
 
 
 def test_push_puts_the_registry_to_the_gateway_group(two_documents):

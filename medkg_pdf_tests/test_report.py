@@ -52,28 +52,30 @@ def test_the_report_writes_tables_and_plots_and_shows_the_worst_documents_first(
     by_id = documents.set_index("document_id")
     assert by_id.loc[good_id, "status"] == "completed" and by_id.loc[good_id, "match_score"] == 1.0
     assert by_id.loc[numbers_id, "numeric_recall"] == 0.0
+    assert by_id.loc[numbers_id, "status"] == "failed" and by_id.loc[numbers_id, "failure_reason"] == "quality_gate"
     assert by_id.loc[rejected_id, "status"] == "failed" and by_id.loc[rejected_id, "failure_reason"] == "not_pdf"
     assert by_id.loc[rejected_id, "failure_class"] == "permanent"  # never retried automatically
     assert by_id.loc[good_id, "structured_json"] == storage.uri(storage_keys.structured_json(good_id))
     for name in ("scores.png", "latency.png"):
         assert storage.read_bytes(storage_keys.quality_report(pointer.day, name)).startswith(b"\x89PNG\r\n\x1a\n")
     slo_record = json.loads(storage.read_text(pointer.slo_json))
-    assert slo_record["completed"] == 2 and slo_record["failed"] == 1 and slo_record["latency_ok"]["p99"]
+    assert slo_record["completed"] == 1 and slo_record["failed"] == 2 and slo_record["latency_ok"]["p99"]  # a gate failure is an error
     pages = pd.read_csv(io.BytesIO(storage.read_bytes(storage_keys.quality_report(pointer.day, "page-status.csv"))))
     assert pages.set_index("status")["pages"].to_dict() == {"ok": 2}
     assert storage.exists(storage_keys.quality_report(pointer.day, "documents.parquet")) == HAVE_PYARROW
 
     metadata = result.asset_materializations_for_node("quality_report")[0].metadata
     report = metadata["report"].value
-    assert "| latency p95 |" in report and "< 90 s" in report and "| error rate | 33.33% | < 2% | **missed** |" in report
+    assert "| latency p95 |" in report and "< 90 s" in report and "| error rate | 66.67% | < 2% | **missed** |" in report
     assert report.count("data:image/png;base64,") == 2  # both plots, embedded for the UI
     worst = report[report.index("**Worst documents**"):].splitlines()
     rows = [line for line in worst if line.startswith("| `")]
-    assert [row.split("`")[1] for row in rows] == [rejected_id, numbers_id, good_id]  # failed, then lowest score
-    assert f"[json]({storage.uri(storage_keys.structured_json(numbers_id))})" in rows[1]
-    assert metadata["page_status"].value == {"ok": 2} and metadata["failed"].value == 1
+    assert [row.split("`")[1] for row in rows] == [numbers_id, rejected_id, good_id]  # failed (lowest score first), then the rest
+    assert "failed at parse_quality: quality_gate (permanent)" in rows[0]
+    assert f"[json]({storage.uri(storage_keys.structured_json(numbers_id))})" in rows[0]
+    assert metadata["page_status"].value == {"ok": 2} and metadata["failed"].value == 2
     assert metadata["parquet"].value == ("written" if HAVE_PYARROW else "skipped: pyarrow is not installed")
-    assert not check_results(result)["slo_error_rate"].passed  # 1 of 3 failed
+    assert not check_results(result)["slo_error_rate"].passed  # 2 of 3 failed
 
 
 def test_the_report_runs_daily_and_goes_stale_after_a_missed_day():

@@ -91,6 +91,30 @@ def test_a_document_that_failed_and_then_succeeded_counts_as_completed():
     assert report.latency_s["p50"] == 50
 
 
+def test_a_re_uploaded_document_is_in_flight_again_until_its_new_version_completes():
+    frame = timeline(("label", timedelta(minutes=5), 30, None), ("guide", timedelta(minutes=4), None, 20))
+    frame.loc[:, "arrived_at"] = NOW - timedelta(minutes=1)  # both re-uploaded a minute ago; their records are older
+
+    report = slo.evaluate(frame, NOW)
+
+    assert (report.completed, report.failed, report.pending) == (0, 0, 2)  # the backlog shows, nothing from the old versions
+    assert report.latency_samples == 0  # and no negative latency slips into the sample
+    assert (slo.classify(frame)["latency_s"].dropna() >= 0).all()
+
+
+def test_a_document_under_a_quality_gate_counts_as_an_error():
+    frame = timeline(*[(f"ok-{i}", timedelta(hours=2), 30, None) for i in range(8)], ("lost-numbers", timedelta(hours=1), 40, None),
+                     ("scanned", timedelta(hours=1), 35, None))  # fmt: skip
+    frame["match_score"] = [1.0] * 8 + [0.97, None]
+    frame["numeric_recall"] = [1.0] * 8 + [0.80, None]  # a dose lost; the scan has no baseline to judge
+
+    judged = slo.evaluate(frame, NOW, slo.SloTargets(min_match_score=0.95, min_numeric_recall=0.99))
+
+    assert (judged.completed, judged.failed) == (9, 1) and judged.error_rate == pytest.approx(0.1)
+    assert judged.failures_by_reason == {"quality_gate": 1}
+    assert slo.evaluate(frame, NOW).failed == 0  # without gates it is not judged here
+
+
 def test_an_empty_window_meets_every_slo_with_nothing_measured():
     report = slo.evaluate(timeline(), NOW)
     assert report.documents == 0 and report.throughput_per_h is None and report.error_rate is None

@@ -44,4 +44,6 @@ class QualityTargets(ConfigurableResource):
             throughput_per_h=self.throughput_per_h,
             max_error_rate=self.max_error_rate,
             window=timedelta(hours=self.window_h),
+            min_match_score=self.min_match_score,
+            min_numeric_recall=self.min_numeric_recall,
         )

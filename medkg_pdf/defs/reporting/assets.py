@@ -115,10 +115,10 @@ def quality_report(
     day = now.date().isoformat()
     targets = quality_targets.slo()
     everything = fleet.load_documents(storage)
-    classified = slo.classify(everything)
+    classified = slo.classify(everything, targets)
     report = slo.evaluate(classified, now, targets)
-    cohort = fleet.with_details(storage, slo.in_window(classified, now, targets.window))
-    over_time = slo.latency_over_time(classified, now, targets.window, freq="1h")
+    cohort = fleet.with_details(storage, slo.in_window(classified, now, targets.window, targets))
+    over_time = slo.latency_over_time(classified, now, targets.window, freq="1h", targets=targets)
     page_counts: Counter = Counter()
     for statuses in cohort["page_statuses"].dropna():
         page_counts.update(statuses)
