@@ -1,10 +1,16 @@
 """Rendering with helper processes gives exactly what the sequential loop gives."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pymupdf
+import pytest
 from dagster import materialize
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import page_images, source_pdf
+from medkg_pdf.page_render import MAX_PIXELS
 from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.schemas import PageImages
@@ -44,3 +50,33 @@ def test_parallel_render_equals_sequential(tmp_path, instance):
     assert metadata["render_processes"].value == 2
     assert [p.model_dump(exclude={"key"}) for p in parallel.pages] == [p.model_dump(exclude={"key"}) for p in sequential.pages]
     assert par_pngs == seq_pngs and len(par_pngs) == 24
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A page drawn in a process whose address space is capped, as a run pod's memory limit caps it.
+_UNDER_A_CAP = """
+import resource, sys
+cap = int(sys.argv[1]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+import pymupdf
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf.page_render import draw_page
+with pymupdf.open(stream=getattr(pdf_factory, sys.argv[2])(), filetype="pdf") as doc:
+    png, fields = draw_page(doc[0], 150, 10 * 2**20)
+print(fields["width"] * fields["height"], len(png), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+ADDRESS_SPACE_MB = 1200  # the interpreter, PyMuPDF and OpenCV take ~700 MB of address space before any page
+
+
+@pytest.mark.parametrize("pdf", ["huge_page_pdf", "decompression_bomb_pdf"])
+def test_a_page_that_would_take_gigabytes_renders_in_a_process_capped_at_1200_mb(pdf):
+    """A 200 x 200-inch poster is 2.7 GB at 150 DPI (MuPDF refuses to draw it at all); an image
+    stream that inflates to 900 MB declares 30 000 x 30 000 pixels. Both must render bounded under
+    the cap, never fail or be an out-of-memory kill. (Drawn at 100 DPI without the pixel cap, the
+    poster fails: "Overly large image"; at 60 DPI, 432 MB raw, it exceeds a 1 000 MB cap.)"""
+    drawn = subprocess.run([sys.executable, "-c", _UNDER_A_CAP, str(ADDRESS_SPACE_MB), pdf], cwd=REPO,
+                           capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr[-2000:]
+    pixels, png_bytes, peak_mb = map(int, drawn.stdout.split())
+    assert pixels <= MAX_PIXELS * 1.001 and png_bytes <= 10 * 2**20 and peak_mb < 600  # (pixel edges round up)
