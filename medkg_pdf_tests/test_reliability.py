@@ -5,6 +5,7 @@ the bad one is quarantined with a reason a person understands, the good one comp
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -151,44 +152,54 @@ def test_sigkill_halfway_loses_nothing_and_the_rerun_parses_only_missing_pages(t
     assert double.completions_ok <= 40 + 2  # at most the two in flight at the kill are answered twice
 
 
-def test_api_key_and_aws_secret_never_written_anywhere(tmp_path, caplog, monkeypatch):
+def test_api_key_and_aws_secret_never_written_anywhere(tmp_path, caplog, moto_server, monkeypatch):
+    """The document is read from S3 (moto, real signed requests) with the canary secret as the AWS
+    credentials, and parsed by a server that wants the canary key: neither is found anywhere after."""
     key = "sk-MEDKG-canary-4b1d7e2f9a"
     aws_secret = "AWS-canary-secret-8c2e1f"
     monkeypatch.setenv("MEDKG_VLLM_API_KEY", key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_secret)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIACANARY")
+    caplog.set_level(logging.DEBUG)  # botocore's and httpx's own logs included
+    import boto3
     from dagster import DagsterInstance, EnvVar
 
     from medkg_pdf.resources.storage import LocalStorage
     from medkg_pdf.resources.vllm import VLLMResource
+    from medkg_pdf.sources import register, s3_ref
 
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     storage = LocalStorage(root=str(tmp_path / "data"))
-    pdf = tmp_path / "doc.pdf"
-    pdf.write_bytes(pdf_factory.text_pdf(["Digoxin 0.125 mg daily"], pages=2))
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="inbox")
+    put = s3.put_object(Bucket="inbox", Key="labels/digoxin.pdf", Body=pdf_factory.text_pdf(["Digoxin 0.125 mg daily"], pages=2))
+    ref = s3_ref("inbox", "labels/digoxin.pdf", etag=put["ETag"].strip('"'))
+    inbox_s3 = S3Resource(endpoint_url=moto_server, region_name="us-east-1")
     with DagsterInstance.local_temp(str(home)) as instance, VllmDouble(model=MODEL, api_key=key, faults=Faults(script=["503"] * 3)) as double:
-        (doc_id,) = register_files(storage, instance, [pdf])
+        register(storage, ref)
+        instance.add_dynamic_partitions("documents", [ref.document_id])
         vllm = VLLMResource(base_url=double.url, model=MODEL, api_key=EnvVar("MEDKG_VLLM_API_KEY"),
                              backoff_initial_s=0.01, max_concurrency=1)  # fmt: skip
-        failed = materialize(document_assets, partition_key=doc_id, instance=instance, raise_on_error=False,
-                             resources={"storage": storage, "vllm": vllm, "inbox_s3": S3Resource(), "quality_targets": QualityTargets()})  # fmt: skip
-        ok = materialize(document_assets, partition_key=doc_id, instance=instance,
-                         resources={"storage": storage, "vllm": vllm, "inbox_s3": S3Resource(), "quality_targets": QualityTargets()})  # fmt: skip
+        resources = {"storage": storage, "vllm": vllm, "inbox_s3": inbox_s3, "quality_targets": QualityTargets()}
+        failed = materialize(document_assets, partition_key=ref.document_id, instance=instance, raise_on_error=False, resources=resources)
+        ok = materialize(document_assets, partition_key=ref.document_id, instance=instance, resources=resources)
         assert not failed.success and ok.success
         assert all(h["authorization"] == f"Bearer {key}" for h in double.last_headers)
+        assert storage.read_model(storage_keys.source_info(ref.document_id), SourceInfo).source.uri == "s3://inbox/labels/digoxin.pdf"
         for run_id in (failed.run_id, ok.run_id):
             run = instance.get_run_by_id(run_id)
             assert key not in json.dumps(run.run_config) and key not in str(run.tags)
             logs = "".join(str(entry) for entry in instance.all_logs(run_id))
             assert key not in logs and aws_secret not in logs
+    assert "s3.amazonaws.com" in caplog.text or "/inbox/labels/digoxin.pdf" in caplog.text  # the S3 path really ran, logged
     written = [p for root in (tmp_path / "data", home) for p in root.rglob("*") if p.is_file()]
     assert written
     for path in written:
         blob = path.read_bytes()
         assert key.encode() not in blob and aws_secret.encode() not in blob, path
-    assert key not in caplog.text
+    assert key not in caplog.text and aws_secret not in caplog.text
 
 
 def test_model_output_is_capped_and_cannot_inject_html_into_the_ui(tmp_path, storage, instance):
