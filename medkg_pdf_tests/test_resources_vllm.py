@@ -101,7 +101,7 @@ def test_a_password_in_the_server_url_never_reaches_errors_logs_or_results(serve
     with_password = server.url.replace("http://", f"http://medkg:{URL_PASSWORD}@")
     server.set_faults(Faults(script=["503", "500"]))
     with caplog.at_level(logging.DEBUG):
-        results, _ = parse(client(with_password, max_attempts=1), pages(3), logging.getLogger("url-test"))
+        results, _ = parse(client(with_password, max_attempts=1, max_concurrency=1), pages(3), logging.getLogger("url-test"))
     assert [r.status for r in results] == [PageStatus.http_error, PageStatus.http_error, PageStatus.ok]
     assert server.last_headers[-1]["authorization"].startswith("Basic ")  # the credentials are used, only not shown
     with VllmDouble(model=MODEL, api_key=SECRET) as locked, pytest.raises(FatalRequestError) as refused:
@@ -241,9 +241,17 @@ def test_a_context_too_small_for_any_image_fails_the_page_without_a_request(serv
     assert "max_tokens" in results[0].error and server.requests == 0
 
 
-def test_repetition_detector():
+def test_the_repetition_detector_catches_loops_and_not_the_tables_and_forms_of_real_pages():
     assert looks_repetitive("Intro. " + "| 5 mg | 5 mg |" * 40)
-    assert not looks_repetitive("Amoxicillin 500 mg every 8 hours. " + "Different sentence number %d. " % 3 * 1)
+    assert looks_repetitive("Take 1 tablet by mouth. " * 60)
+    assert looks_repetitive("Intro.\n" + "<tr><td>5 mg</td><td>5 mg</td></tr>\n" * 40)
+    label = "\n".join(f"Section {i}: amoxicillin {250 * i} mg every {4 + i} hours, review renal function on day {i}." for i in range(1, 12))
+    ten_small_tables = "\n\n".join(f"Table {i}\n\n| Drug | Dose |\n|---|---|\n| D{i} | {5 * i} mg |" for i in range(10))
+    empty_form = "| Drug | Dose | Signed |\n|---|---|---|\n" + "\n".join("|  |  |  |" for _ in range(30))
+    html_form = "<table><tr><th>Drug</th><th>Dose</th></tr>" + "<tr><td></td><td></td></tr>" * 40 + "</table>"
+    for legitimate in (label, ten_small_tables, empty_form, html_form):
+        assert len(legitimate) > 300  # well past the detector's 120-character guard
+        assert not looks_repetitive(legitimate), legitimate[:80]
 
 
 def test_breaker_half_opens_after_recovery_and_closes_after_two_successes():

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -89,8 +90,28 @@ class PageRecipe:
         }
 
 
+_TABLE_RULE = re.compile(r"^\s*\|?[\s:|-]*-[\s:|-]*\|?\s*$")  # |---|:--:| under a markdown table header
+_EMPTY_ROW = re.compile(r"^\s*\|[\s|]*\|\s*$")  # |  |  |: a markdown row of empty cells
+_EMPTY_CELLS = re.compile(r"<(t[dh])\b[^>]*>\s*</\1>|<tr\b[^>]*>\s*</tr>", re.IGNORECASE)
+
+
+def _table_structure_removed(text: str) -> str:
+    """Rule rows, the header row above each, and empty HTML cells repeat in legitimate tables."""
+    lines = text.splitlines()
+    kept = [
+        line
+        for i, line in enumerate(lines)
+        if not (_TABLE_RULE.match(line) or _EMPTY_ROW.match(line))
+        and not (i + 1 < len(lines) and _TABLE_RULE.match(lines[i + 1]) and "|" in line)
+    ]
+    return _EMPTY_CELLS.sub("", "\n".join(kept))
+
+
 def looks_repetitive(text: str, window: int = 800, max_period: int = 200, min_repeats: int = 6) -> bool:
-    """Degenerate decoding loops (DeepSeek-OCR #151): the tail is one short unit repeated."""
+    """Degenerate decoding loops (DeepSeek-OCR #151): the tail is one short unit repeated, or one
+    line comes back over and over. Table scaffolding is not content and is left out first: ten
+    small tables share a header and a `|---|` rule, a form's table has rows of empty cells."""
+    text = _table_structure_removed(text)
     tail = text[-window:]
     if len(tail) < 120:
         return False
