@@ -1,5 +1,9 @@
 """Both storage backends keep the same promises: files in, same files out, nothing outside the root."""
 
+import json
+import re
+from pathlib import Path
+
 import boto3
 import pytest
 from dagster_aws.s3 import S3Resource
@@ -70,3 +74,34 @@ def test_a_listing_is_read_back_into_document_ids_by_the_keys_module_alone():
     assert storage_keys.registered_document_id(storage_keys.source_ref(document_id)) == document_id
     for other in (storage_keys.source_info(document_id), storage_keys.quarantine(document_id), "documents/../source-ref.json", "documents/x/y/source-ref.json"):
         assert storage_keys.registered_document_id(other) is None
+
+
+# ----- what deploy/aws grants and expires ---------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+S3_CALLS = {  # boto3 call in the package -> the IAM action it needs
+    "get_object": "s3:GetObject", "head_object": "s3:GetObject", "put_object": "s3:PutObject",
+    "delete_object": "s3:DeleteObject", 'get_paginator("list_objects_v2")': "s3:ListBucket",
+}  # fmt: skip
+
+
+def test_the_iam_policy_allows_every_s3_call_the_package_makes():
+    source = "".join(path.read_text(encoding="utf-8") for path in (REPO / "medkg_pdf").rglob("*.py"))
+    made = {call for call in S3_CALLS if re.search(rf"\.{re.escape(call)}[(\s]" if "(" not in call else re.escape(call), source)}
+    unknown = set(re.findall(r"\.(\w+_object\w*|\w+_objects\w*)\(", source)) - {call for call in S3_CALLS if "(" not in call}
+    policy = json.loads((REPO / "deploy/aws/medkg-pdf-iam-policy.json").read_text())
+    allowed = {action for statement in policy["Statement"] if statement["Effect"] == "Allow" for action in statement["Action"]}
+
+    assert {"get_object", "put_object", "head_object", 'get_paginator("list_objects_v2")'} <= made  # the scan sees the calls
+    assert unknown == set(), f"S3 calls without a known IAM action: {unknown}"
+    assert {S3_CALLS[call] for call in made} <= allowed
+
+
+def test_the_lifecycle_rule_expires_the_page_cache_and_nothing_else():
+    rules = json.loads((REPO / "deploy/aws/store-lifecycle.json").read_text())["Rules"]
+    (rule,) = rules
+    storage = S3Storage(s3=S3Resource(region_name="us-east-1"), bucket="store", prefix="STORE_PREFIX")
+    cached = [storage._object_key(storage_keys.page_png("a" * 64, 150, 0)), storage._object_key(storage_keys.page_parse("a" * 64, 0, "k"))]
+    kept = [storage._object_key(storage_keys.structured_json("doc-0123456789")), storage._object_key(storage_keys.source_ref("doc-0123456789"))]
+    assert rule["Status"] == "Enabled" and all(key.startswith(rule["Filter"]["Prefix"]) for key in cached)
+    assert not any(key.startswith(rule["Filter"]["Prefix"]) for key in kept)
