@@ -60,12 +60,20 @@ def quarantine(document_id: str) -> str:
     return f"{QUARANTINE_PREFIX}/{document_id}.json"
 
 
+CACHE_PREFIX = "cache"  # content-keyed work that a re-run may reuse and `medkg-pdf cache gc` may remove
+
+
 def page_png(sha256: str, dpi: int, page_index: int) -> str:
-    return f"cache/{sha256}/images/dpi-{dpi}/page-{page_index + 1:05d}.png"
+    return f"{CACHE_PREFIX}/{sha256}/images/dpi-{dpi}/page-{page_index + 1:05d}.png"
+
+
+def page_parses_prefix(sha256: str) -> str:
+    """Every stored answer for the pages of one PDF: listed once per document before its pages are sent."""
+    return f"{CACHE_PREFIX}/{sha256}/parses"
 
 
 def page_parse(sha256: str, page_index: int, cache_key: str) -> str:
-    return f"cache/{sha256}/parses/page-{page_index + 1:05d}-{cache_key}.json"
+    return f"{page_parses_prefix(sha256)}/page-{page_index + 1:05d}-{cache_key}.json"
 
 
 def safe_segment(name: str) -> str:

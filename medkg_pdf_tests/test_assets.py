@@ -13,6 +13,7 @@ from dagster import materialize
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.resources.quality import QualityTargets
+from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.schemas import SCHEMA_VERSION, PageImages, PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
 from medkg_pdf_tests.support import pdf_factory
 from medkg_pdf_tests.support.chain import register_files, vllm_for
@@ -122,6 +123,41 @@ def test_a_page_rendered_differently_is_asked_again(tmp_path, storage, instance,
     storage.write_model(storage_keys.page_images(doc_id), manifest.model_copy(update={"pages": [page.model_copy(update={"png_sha256": "0" * 64})]}))
     assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
     assert double.requests == 2
+
+
+CALLS: list[tuple[str, str]] = []  # (method, key) of the storage below; module level: Dagster copies resources
+
+
+class CountingStorage(LocalStorage):
+    """The real local storage, recording each read and listing."""
+
+    def read_bytes(self, key: str) -> bytes:
+        CALLS.append(("read", key))
+        return super().read_bytes(key)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        CALLS.append(("list", prefix))
+        return super().list_keys(prefix)
+
+
+def test_stored_answers_are_found_with_one_listing_per_document_not_a_read_per_page(tmp_path, instance, double):
+    storage = CountingStorage(root=str(tmp_path / "data"))
+    pdf = write(tmp_path, "guide.pdf", pdf_factory.text_pdf(["Sepsis bundle 30 mL/kg"], pages=6))
+    (doc_id,) = register_files(storage, instance, [pdf])
+    sha = hashlib.sha256(pdf.read_bytes()).hexdigest()
+    parses_prefix = storage_keys.page_parses_prefix(sha)
+
+    def answer_lookups() -> tuple[int, int]:
+        CALLS.clear()
+        assert run_chain(instance, storage, vllm_for(double.url), doc_id).success
+        listings = sum(1 for method, key in CALLS if method == "list" and key == parses_prefix)
+        reads = sum(1 for method, key in CALLS if method == "read" and key.startswith(parses_prefix + "/"))
+        return listings, reads
+
+    assert answer_lookups() == (1, 6)  # a new PDF: one listing, then only the 6 stored pages read back to write page_parses
+    assert double.requests == 6
+    assert answer_lookups() == (1, 12)  # a re-run: the listing finds all 6, each read as a hit and again for page_parses
+    assert double.requests == 6
 
 
 def test_identical_pdfs_under_two_names_are_parsed_once(tmp_path, storage, instance, double):

@@ -151,12 +151,15 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
     def requests() -> Iterator[PageRequest]:
         """Runs in the page thread: each page rendered, looked up in the cache, and sent unless found."""
         nonlocal cached
+        # one listing of the PDF's stored answers instead of one GET per page (most of them misses on a new PDF)
+        stored = set(storage.list_keys(storage_keys.page_parses_prefix(info.sha256))) if parse_wanted else set()
         for image, png in pages():
             images[image.index] = image
             if not parse_wanted:
                 continue
             key = vllm.cache_key(info.sha256, image.index, config.dpi, image.png_sha256)
-            previous = storage.read_model_or_none(storage_keys.page_parse(info.sha256, image.index, key), PageParse)
+            stored_at = storage_keys.page_parse(info.sha256, image.index, key)
+            previous = storage.read_model_or_none(stored_at, PageParse) if stored_at in stored else None
             if previous is not None and previous.status.usable:
                 results[image.index] = page_summary(previous.model_copy(update={"document_id": document_id}))
                 if image.index == 0:
