@@ -1,4 +1,4 @@
-"""`medkg-pdf demo | run | serve-local`: the pipeline from a terminal, on a real Dagster instance."""
+"""`medkg-pdf demo | run | cache gc | serve-local`: the pipeline from a terminal, on a real Dagster instance."""
 
 from __future__ import annotations
 
@@ -419,6 +419,23 @@ def build_report(data_dir: Path) -> str:
     return resources["storage"].uri(pointer.documents_csv).rsplit("/", 1)[0]
 
 
+def cmd_cache_gc(args: argparse.Namespace) -> int:
+    from medkg_pdf.cache_retention import collect, parse_age
+    from medkg_pdf.resources import resources_for
+    from medkg_pdf.schemas import utc_now
+
+    try:
+        older_than = parse_age(args.older_than)
+    except ValueError as error:
+        raise SystemExit(f"medkg-pdf cache gc: {error}") from None
+    storage = resources_for(dict(os.environ, MEDKG_DATA_DIR=str(_data_dir(args.data_dir))))["storage"]
+    result = collect(storage, older_than, utc_now(), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(result.removed)} cache entries ({result.bytes_freed / 2**20:.1f} MiB) last written over "
+          f"{args.older_than} ago; kept {result.kept}; under {storage.uri('cache')}")  # fmt: skip
+    return 0
+
+
 def cmd_serve_local(args: argparse.Namespace) -> int:
     from medkg_pdf.engine.server import main as serve_main
 
@@ -491,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--json", action="store_true", help="only one JSON object per document on stdout, as each finishes")
     shown.add_argument("--verbose", action="store_true", help="the runs' Dagster logs on stderr (INFO)")
     run.set_defaults(func=cmd_run)
+    cache = sub.add_parser("cache", help="the page cache (page PNGs and answers reused by re-runs)")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    gc = cache_sub.add_parser("gc", help="remove cache entries not written for a while (outputs are never touched)")
+    gc.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 2w: entries last written before this long ago")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    gc.add_argument("--data-dir", help=DATA_DIR_HELP + "; with MEDKG_ENV=prod the S3 store")
+    gc.set_defaults(func=cmd_cache_gc)
     serve = sub.add_parser("serve-local", help="serve the embedded OCR engine on the OpenAI-compatible API")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")

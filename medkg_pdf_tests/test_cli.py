@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,13 +147,36 @@ def _read_or_none(fd: int) -> bytes | None:
         return None
 
 
+def test_cache_gc_removes_only_cache_entries_older_than_asked_and_a_rerun_redoes_just_those(tmp_path, env):
+    pdf = tmp_path / "label.pdf"
+    pdf.write_bytes(pdf_factory.text_pdf(["Heparin 5000 units"], pages=3))
+    data = tmp_path / "d"
+    assert medkg(["run", str(pdf), "--data-dir", str(data), "--json"], env).returncode == 0
+    cache = sorted(path for path in (data / "cache").rglob("*") if path.is_file())
+    old = [path for path in cache if "page-00002" in path.name]  # page 2's PNG and answer, last written 40 days ago
+    assert len(old) == 2
+    for path in old:
+        os.utime(path, (time.time() - 40 * 86400,) * 2)
+
+    dry = medkg(["cache", "gc", "--older-than", "30d", "--dry-run", "--data-dir", str(data)], env)
+    assert dry.returncode == 0 and "would remove 2 cache entries" in dry.stdout and all(path.exists() for path in old)
+    real = medkg(["cache", "gc", "--older-than", "30d", "--data-dir", str(data)], env)
+    assert real.returncode == 0 and "removed 2 cache entries" in real.stdout and f"kept {len(cache) - 2}" in real.stdout
+    assert not any(path.exists() for path in old) and (data / "documents").is_dir()
+    assert medkg(["cache", "gc", "--older-than", "soon", "--data-dir", str(data)], env).returncode != 0
+
+    again = json.loads(medkg(["run", str(pdf), "--data-dir", str(data), "--json"], env).stdout)
+    assert again["status"] == "ok" and again["model_calls"] == 1  # only page 2 is asked again
+
+
 def test_version_and_help_describe_every_option():
     version = medkg(["--version"], dict(os.environ))
     assert version.returncode == 0 and version.stdout.startswith("medkg-pdf ")
-    for command in ("run", "demo", "serve-local"):
-        parser = next(action for action in __import__("medkg_pdf.cli").cli.build_parser()._subparsers._group_actions).choices[command]
+    commands = next(action for action in __import__("medkg_pdf.cli").cli.build_parser()._subparsers._group_actions).choices
+    gc = next(action for action in commands["cache"]._subparsers._group_actions).choices["gc"]
+    for name, parser in (*((command, commands[command]) for command in ("run", "demo", "serve-local")), ("cache gc", gc)):
         undocumented = [action.dest for action in parser._actions if not action.help]
-        assert undocumented == [], f"{command}: {undocumented}"
+        assert undocumented == [], f"{name}: {undocumented}"
 
 
 def test_definitions_validate_with_dagster_cli(tmp_path):

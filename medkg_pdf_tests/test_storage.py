@@ -38,6 +38,19 @@ def test_bytes_text_and_records_round_trip(any_storage):
     ]
 
 
+def test_entries_are_listed_with_their_size_and_when_they_were_written(any_storage):
+    from datetime import datetime, timedelta, timezone
+
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    any_storage.write_bytes("cache/abc/parses/page-00001-k.json", b"{}")
+    any_storage.write_bytes("cache/abc/images/dpi-150/page-00001.png", b"x" * 100)
+    any_storage.write_bytes("documents/d/structured.json", b"{}")
+    entries = any_storage.list_entries("cache")
+    assert [(entry.key, entry.size) for entry in entries] == [("cache/abc/images/dpi-150/page-00001.png", 100), ("cache/abc/parses/page-00001-k.json", 2)]
+    assert all(before <= entry.modified <= datetime.now(timezone.utc) + timedelta(seconds=5) for entry in entries)
+    assert any_storage.list_keys("cache") == [entry.key for entry in entries]
+
+
 def test_missing_or_torn_records_read_as_absent(any_storage):
     assert any_storage.read_model_or_none("documents/none.json", BaselinePage) is None
     any_storage.write_bytes("documents/torn.json", b'{"index": 0, "has_text')

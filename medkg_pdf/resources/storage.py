@@ -11,7 +11,8 @@ import re
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterable, TypeVar
+from datetime import datetime, timezone
+from typing import Iterable, NamedTuple, TypeVar
 
 from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
@@ -34,6 +35,12 @@ def check_key(key: str) -> str:
     return key
 
 
+class StoredEntry(NamedTuple):
+    key: str
+    size: int
+    modified: datetime  # tz-aware UTC
+
+
 class DocumentStorage(ConfigurableResource, ABC):
     """The interface every asset writes through; backends only move bytes."""
 
@@ -49,6 +56,10 @@ class DocumentStorage(ConfigurableResource, ABC):
 
     @abstractmethod
     def list_keys(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def list_entries(self, prefix: str) -> list[StoredEntry]:
+        """The keys under `prefix` with their size and last modification (for retention)."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -124,6 +135,13 @@ class LocalStorage(DocumentStorage):
             if p.is_file() and not p.name.startswith(".")
         )
 
+    def list_entries(self, prefix: str) -> list[StoredEntry]:
+        entries = []
+        for key in self.list_keys(prefix):
+            stat = self._path(key).stat()
+            entries.append(StoredEntry(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc)))
+        return entries
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
@@ -168,13 +186,17 @@ class S3Storage(DocumentStorage):
         return True
 
     def list_keys(self, prefix: str) -> list[str]:
+        return [entry.key for entry in self.list_entries(prefix)]
+
+    def list_entries(self, prefix: str) -> list[StoredEntry]:
         full_prefix = self._object_key(prefix.rstrip("/")) + "/"
         strip = len(self._object_key("x")) - 1
         paginator = self.s3.get_client().get_paginator("list_objects_v2")
-        keys = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
-            keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
-        return sorted(keys)
+        return sorted(
+            StoredEntry(item["Key"][strip:], int(item["Size"]), item["LastModified"].astimezone(timezone.utc))
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix)
+            for item in page.get("Contents", [])
+        )
 
     def delete(self, key: str) -> None:
         self.s3.get_client().delete_object(Bucket=self.bucket, Key=self._object_key(key))
