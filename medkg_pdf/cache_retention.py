@@ -10,12 +10,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from typing import TYPE_CHECKING
-
 from medkg_pdf import storage_keys
-
-if TYPE_CHECKING:  # a plain module: the storage resource is only passed in
-    from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.resources.storage import DocumentStorage
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
