@@ -191,6 +191,7 @@ def process_files(
     output_dir: Path | None = None,
     progress: bool = False,
     log_level: str = "CRITICAL",
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Register each file as a `documents` partition and materialize the chain: one run per document.
 
@@ -235,8 +236,11 @@ def process_files(
         names = output_names([item.name for item in inputs])
         workers = max(1, min(workers, len(inputs) or 1))
         run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-        if render_processes is not None:
-            run_config["ops"] = {"page_images_and_parses": {"config": {"workers": render_processes}}}
+        page_step: dict[str, Any] = {"workers": render_processes} if render_processes is not None else {}
+        if force:
+            page_step["force"] = True
+        if page_step:
+            run_config["ops"] = {"page_images_and_parses": {"config": page_step}}
         # resolved once for every run (what `materialize` would redo per document), under the job the daemon runs too
         chain = Definitions(jobs=[document_chain_job], assets=document_assets, resources=resources).resolve_job_def(document_chain_job.name)
 
@@ -373,6 +377,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
         progress=not args.json and sys.stderr.isatty(),
         log_level="INFO" if args.verbose else "CRITICAL",  # by default the per-document lines say what failed
+        force=args.force,
     )
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
@@ -482,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "line) or s3://bucket/prefix (every .pdf under it)",
     )
     run.add_argument("--data-dir", help=DATA_DIR_HELP)
+    run.add_argument("--force", action="store_true", help="ask the model for every page again, ignoring stored answers")
     run.add_argument("--output-dir", metavar="DIR", help="also write <name>.md and <name>.json per document here, named after its source")
     server = run.add_argument_group("model server (override the MEDKG_VLLM_* environment)")
     server.add_argument("--server", metavar="URL", help="OpenAI-compatible server, e.g. http://vllm:8000 (default: $MEDKG_VLLM_BASE_URL, else the embedded engine)")

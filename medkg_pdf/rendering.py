@@ -45,6 +45,10 @@ class RenderConfig(Config):
         description="Render resolution. 150 DPI keeps a letter page near 2.7k Qwen2.5-VL image tokens (28 px patches).",
     )
     max_image_bytes: int = Field(default=MAX_IMAGE_BYTES, description="Larger PNGs are re-rendered smaller.")
+    force: bool = Field(
+        default=False,
+        description="Ask the model for every page even when a stored answer would be reused (`medkg-pdf run --force`).",
+    )
     workers: int = Field(
         default=0,
         ge=0,

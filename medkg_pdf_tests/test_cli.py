@@ -167,6 +167,8 @@ def test_cache_gc_removes_only_cache_entries_older_than_asked_and_a_rerun_redoes
 
     again = json.loads(medkg(["run", str(pdf), "--data-dir", str(data), "--json"], env).stdout)
     assert again["status"] == "ok" and again["model_calls"] == 1  # only page 2 is asked again
+    forced = json.loads(medkg(["run", str(pdf), "--force", "--data-dir", str(data), "--json"], env).stdout)
+    assert forced["status"] == "ok" and forced["model_calls"] == 3  # --force: every page, stored answers ignored
 
 
 def test_version_and_help_describe_every_option():

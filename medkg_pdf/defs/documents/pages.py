@@ -152,7 +152,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
         """Runs in the page thread: each page rendered, looked up in the cache, and sent unless found."""
         nonlocal cached
         # one listing of the PDF's stored answers instead of one GET per page (most of them misses on a new PDF)
-        stored = set(storage.list_keys(storage_keys.page_parses_prefix(info.sha256))) if parse_wanted else set()
+        stored = set(storage.list_keys(storage_keys.page_parses_prefix(info.sha256))) if parse_wanted and not config.force else set()
         for image, png in pages():
             images[image.index] = image
             if not parse_wanted:
