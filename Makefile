@@ -19,7 +19,7 @@ test: $(STAMP)  ## the full test suite (what CI runs)
 
 ui: $(STAMP)  ## the Dagster UI on the demo's runs and outputs
 	mkdir -p .medkg-data/dagster_home && cp dagster.yaml .medkg-data/dagster_home/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.medkg-data/dagster_home MEDKG_DATA_DIR=$(CURDIR)/.medkg-data $(VENV)/bin/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(CURDIR)/.medkg-data/dagster_home MEDKG_DATA_DIR=$(CURDIR)/.medkg-data $(VENV)/bin/dg dev
 
 bench: $(STAMP)  ## benchmarks against a simulated vLLM server (ratios vs same-run baselines) -> bench/RESULTS.md, ~15 min
 	$(PY) -m bench.run_all

@@ -60,7 +60,17 @@ def _instance(data_dir: Path, *, workers: int = 1):
     return threaded_instance(os.environ["DAGSTER_HOME"], workers)
 
 
-def _document_summary(storage, document_id: str, run_ok: bool, run_error: str | None) -> dict[str, Any]:
+def gates_missed(quality, targets) -> list[str]:
+    """The blocking quality gates a scored document is under (none judged without a baseline)."""
+    missed = []
+    for name, value, minimum in (("match score", quality.match_score, targets.min_match_score),
+                                 ("numeric recall", quality.numeric_recall, targets.min_numeric_recall)):  # fmt: skip
+        if value is not None and value < minimum:
+            missed.append(f"{name} {value:.3f} < {minimum:g}")
+    return missed
+
+
+def _document_summary(storage, document_id: str, run_ok: bool, run_error: str | None, targets=None) -> dict[str, Any]:
     from medkg_pdf import storage_keys
     from medkg_pdf.schemas import QuarantineRecord
     from medkg_pdf.schemas import DocumentQuality, PageParses, SourceRef
@@ -81,6 +91,8 @@ def _document_summary(storage, document_id: str, run_ok: bool, run_error: str | 
         "numeric_recall": quality.numeric_recall if quality else None,
         "output": storage.uri(storage_keys.structured_json(document_id)) if ok else None,
         "error": None if ok else (quarantined.message if quarantined else run_error or "run failed"),
+        # the blocking gates the daemon's runs enforce; here they are reported (the SLO report counts them as errors)
+        "gates_missed": gates_missed(quality, targets) if ok and targets is not None else [],
     }
 
 
@@ -263,7 +275,7 @@ def process_files(
                     tags={"medkg/trigger": "cli", CLI_PID_TAG: str(os.getpid())},
                 )
                 error = None if outcome.success else _run_error(instance, outcome.run_id)
-                result = _document_summary(storage, ref.document_id, outcome.success, error)
+                result = _document_summary(storage, ref.document_id, outcome.success, error, resources["quality_targets"])
                 result["run_id"] = outcome.run_id
                 if output_dir is not None and result["status"] == "ok":
                     result["files"] = _copy_outputs(storage, ref.document_id, output_dir, name)
@@ -328,9 +340,10 @@ def _result_line(result: dict[str, Any]) -> str:
     if result["status"] == "ok":
         quality = "no baseline (scanned)" if result["quality"] is None else f"{result['quality']:.3f}"
         outputs = result.get("files") or [result["output"]]
+        gates = f"; UNDER A QUALITY GATE: {', '.join(result['gates_missed'])}" if result.get("gates_missed") else ""
         return (
             f"  ok      {result['source']}: {result['pages_ok']}/{result['pages']} pages, "
-            f"match vs text layer {quality}, {result['seconds']:.1f} s\n          -> {', '.join(outputs)}"
+            f"match vs text layer {quality}{gates}, {result['seconds']:.1f} s\n          -> {', '.join(outputs)}"
         )
     error = result["error"] or ""
     error = error.removeprefix(f"{result['source']}: ")

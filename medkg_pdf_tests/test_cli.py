@@ -44,6 +44,7 @@ def test_run_json_reports_each_document_and_a_bad_file_never_stops_the_others(tm
     assert lines[2]["pages"] == 2 and lines[2]["pages_ok"] == 2 and lines[2]["error"] is None
     assert Path(lines[2]["output"].removeprefix("file://")).is_file()
     assert isinstance(lines[2]["quality"], float)
+    assert lines[2]["gates_missed"][0] == f"match score {lines[2]['quality']:.3f} < 0.95"  # the test server transcribes nothing
 
 
 def test_run_exits_zero_when_every_document_succeeds(tmp_path, env):
@@ -189,6 +190,14 @@ def test_definitions_validate_with_dagster_cli(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_dg_check_defs_loads_the_project_from_the_repository_root(tmp_path):
+    env = dict(os.environ, MEDKG_DATA_DIR=str(tmp_path), DAGSTER_HOME=str(tmp_path))
+    result = subprocess.run([str(Path(sys.executable).parent / "dg"), "check", "defs"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
 def test_definitions_have_the_whole_chain():
