@@ -15,6 +15,7 @@ import pytest
 from medkg_pdf.exporters import docling_document, dolma_record
 from medkg_pdf.schemas import Block, Section, StructuredDocument
 from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import register_files, run_chain, vllm_for
 from medkg_pdf_tests.support.vllm_double import VllmDouble, default_answer
 
 docling_types = pytest.importorskip("docling_core.types.doc", reason="docling-core is the 'docling' extra")
@@ -96,7 +97,8 @@ def test_dolma_record_has_olmocr_fields_and_page_spans_cut_the_text_into_each_pa
     assert len(lines) == 1  # one document, one JSON line
     record = json.loads(lines[0])
     assert {"id", "text", "source", "added", "created", "metadata", "attributes"} == set(record)
-    assert record["metadata"]["pdf-total-pages"] == 2 and record["metadata"]["Source-File"].endswith("warfarin.pdf")
+    assert record["metadata"]["pdf-total-pages"] == 2
+    assert record["metadata"]["Source-File"] == str(exported.parent / "warfarin.pdf")  # a path, as olmOCR writes it
     structured = StructuredDocument.model_validate_json((exported / "warfarin.json").read_text())
     spans = record["attributes"]["pdf_page_numbers"]
     assert [page for _, _, page in spans] == [1, 2]
@@ -129,3 +131,35 @@ def test_a_failed_page_is_an_empty_dolma_span_so_later_pages_keep_their_numbers(
     record = dolma_record(document, "file:///labels/x.pdf")
     assert record["text"] == "first\n\nthird"
     assert record["attributes"]["pdf_page_numbers"] == [[0, 6, 1], [6, 7, 2], [7, 12, 3]]
+
+
+def test_docling_document_asset_stores_a_valid_docling_document_after_the_chain(tmp_path, storage, instance):
+    from medkg_pdf import storage_keys
+    from medkg_pdf.defs.documents import document_assets
+    from medkg_pdf.defs.documents.exports import docling_document as docling_asset
+
+    pdf = tmp_path / "label.pdf"
+    pdf.write_bytes(pdf_factory.text_pdf(["Warfarin 5 mg daily"], pages=1))
+    (doc_id,) = register_files(storage, instance, [pdf])
+    with VllmDouble(model=MODEL, answer=answer) as double:
+        result = run_chain(instance, storage, vllm_for(double.url), partition_key=doc_id, selection=[*document_assets, docling_asset])
+    assert result.success
+    stored = docling_types.DoclingDocument.model_validate_json(storage.read_bytes(storage_keys.docling_json(doc_id)))
+    assert sorted(stored.pages) == [1] and "Warfarin" in stored.export_to_markdown()
+
+
+def test_docling_document_is_optional_and_outside_the_document_chain_job():
+    from medkg_pdf.definitions import defs
+    from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
+
+    assert "docling_document" not in {key.to_user_string() for key in DOCUMENT_CHAIN}
+    assert defs.resolve_assets_def("docling_document").backfill_policy.max_partitions_per_run == 1  # one document per run
+
+
+def test_without_docling_core_the_export_names_the_extra_to_install(monkeypatch):
+    from medkg_pdf.exporters.docling import require_docling
+
+    monkeypatch.setitem(sys.modules, "docling_core", None)
+    monkeypatch.setitem(sys.modules, "docling_core.types", None)
+    with pytest.raises(ImportError, match=r"medkg-pdf\[docling\]"):
+        require_docling()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from medkg_pdf.schemas import StructuredDocument
 
@@ -30,18 +31,20 @@ def dolma_text_and_spans(document: StructuredDocument) -> tuple[str, list[list[i
     return text, spans
 
 
-def dolma_record(document: StructuredDocument, source_file: str, *, created: datetime | None = None) -> dict[str, Any]:
-    """One Dolma line for `document`; `source_file` is the PDF's URI (olmOCR's `Source-File`)."""
+def dolma_record(document: StructuredDocument, source_uri: str) -> dict[str, Any]:
+    """One Dolma line for `document`; `source_uri` is its SourceRef's URI. `Source-File` is what olmOCR
+    writes there: the local path of a file (not a file:// URI), the s3:// URL of an object."""
     text, spans = dolma_text_and_spans(document)
-    day = (created or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+    parsed = urlparse(source_uri)
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     return {
         "id": hashlib.sha1(text.encode()).hexdigest(),
         "text": text,
         "source": SOURCE,
-        "added": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "created": day,
+        "added": today,
+        "created": today,
         "metadata": {
-            "Source-File": source_file,
+            "Source-File": unquote(parsed.path) if parsed.scheme == "file" else source_uri,
             "pdf-total-pages": document.page_count,
             "medkg-document-id": document.document_id,
             "medkg-model": document.model,
