@@ -201,6 +201,7 @@ def process_files(
     render_processes: int | None = None,
     settings: dict[str, str] | None = None,
     output_dir: Path | None = None,
+    formats: tuple[str, ...] = ("md", "json"),
     progress: bool = False,
     log_level: str = "CRITICAL",
     force: bool = False,
@@ -278,7 +279,7 @@ def process_files(
                 result = _document_summary(storage, ref.document_id, outcome.success, error, resources["quality_targets"])
                 result["run_id"] = outcome.run_id
                 if output_dir is not None and result["status"] == "ok":
-                    result["files"] = _copy_outputs(storage, ref.document_id, output_dir, name)
+                    result["files"] = _copy_outputs(storage, ref.document_id, output_dir, name, formats)
             result["seconds"] = round(time.perf_counter() - started, 2)
             if json_lines:
                 print(json.dumps(result), flush=True)
@@ -295,15 +296,47 @@ def process_files(
     return results
 
 
-def _copy_outputs(storage, document_id: str, output_dir: Path, name: str) -> list[str]:
-    """`<name>.md` and `<name>.json` beside each other, as olmOCR's and marker's output folders hold them."""
-    from medkg_pdf import storage_keys
+OUTPUT_SUFFIXES = {"md": ".md", "json": ".json", "docling": ".docling.json", "dolma": ".dolma.jsonl"}
+
+
+def _formats(value: str) -> tuple[str, ...]:
+    """`--format md,json,docling,dolma`: known names only, checked before any document runs."""
+    chosen = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [fmt for fmt in chosen if fmt not in OUTPUT_SUFFIXES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(unknown) or value!r}; choose from {', '.join(OUTPUT_SUFFIXES)}")
+    if "docling" in chosen:
+        from medkg_pdf.exporters.docling import require_docling
+
+        try:
+            require_docling()
+        except ImportError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return chosen
+
+
+def _copy_outputs(storage, document_id: str, output_dir: Path, name: str, formats: tuple[str, ...] = ("md", "json")) -> list[str]:
+    """`<name>.md`, `<name>.json`, `<name>.docling.json`, `<name>.dolma.jsonl` (those in `formats`) beside each
+    other, as olmOCR's and marker's output folders hold them; one Dolma file per document, so parallel
+    documents never append to one file."""
+    from medkg_pdf import exporters, storage_keys
+    from medkg_pdf.schemas import SourceInfo, StructuredDocument
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    copied = {"md": storage_keys.structured_markdown, "json": storage_keys.structured_json}
     written = []
-    for key, suffix in ((storage_keys.structured_markdown(document_id), ".md"), (storage_keys.structured_json(document_id), ".json")):
-        target = output_dir / f"{name}{suffix}"
-        target.write_bytes(storage.read_bytes(key))
+    for fmt in formats:
+        target = output_dir / f"{name}{OUTPUT_SUFFIXES[fmt]}"
+        if fmt in copied:
+            target.write_bytes(storage.read_bytes(copied[fmt](document_id)))
+        else:
+            document = storage.read_model(storage_keys.structured_json(document_id), StructuredDocument)
+            if fmt == "docling":
+                sizes = exporters.pdf_page_sizes(storage.read_bytes(storage_keys.source_pdf(document_id)))
+                target.write_text(exporters.docling_document(document, sizes, name=name).model_dump_json())
+            else:
+                info = storage.read_model(storage_keys.source_info(document_id), SourceInfo)
+                target.write_text(json.dumps(exporters.dolma_record(document, info.source.uri)) + "\n")
         written.append(str(target))
     return written
 
@@ -388,6 +421,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         render_processes=args.render_processes,
         settings=settings,
         output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
+        formats=args.format,
         progress=not args.json and sys.stderr.isatty(),
         log_level="INFO" if args.verbose else "CRITICAL",  # by default the per-document lines say what failed
         force=args.force,
@@ -502,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help=DATA_DIR_HELP)
     run.add_argument("--force", action="store_true", help="ask the model for every page again, ignoring stored answers")
     run.add_argument("--output-dir", metavar="DIR", help="also write <name>.md and <name>.json per document here, named after its source")
+    run.add_argument("--format", type=_formats, default=("md", "json"), metavar="LIST",
+                     help="what --output-dir holds, comma-separated: md, json, docling (<name>.docling.json, needs the "
+                     "'docling' extra), dolma (<name>.dolma.jsonl, olmOCR's Dolma record) (default: md,json)")
     server = run.add_argument_group("model server (override the MEDKG_VLLM_* environment)")
     server.add_argument("--server", metavar="URL", help="OpenAI-compatible server, e.g. http://vllm:8000 (default: $MEDKG_VLLM_BASE_URL, else the embedded engine)")
     server.add_argument("--model", help="served model name, as in GET /v1/models (default: $MEDKG_VLLM_MODEL)")

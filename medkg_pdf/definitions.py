@@ -3,6 +3,7 @@
 from dagster import Definitions, in_process_executor
 
 from medkg_pdf.defs.documents import document_assets, document_checks
+from medkg_pdf.defs.documents.exports import docling_document
 from medkg_pdf.defs.documents.jobs import document_chain_job
 from medkg_pdf.defs.documents.schedules import reconciliation_schedule
 from medkg_pdf.defs.documents.sensors import run_death_sensor
@@ -23,6 +24,7 @@ freshness = freshness_policies()
 defs = Definitions(
     assets=[
         *with_freshness(document_assets, freshness.documents),
+        docling_document,  # optional export (the 'docling' extra), not in document_chain_job
         accepted_baseline,
         regression_quality,
         *with_freshness([quality_report], freshness.report),

@@ -50,6 +50,7 @@ page_images = _document_record("page-images.json", "the manifest of the page PNG
 page_parses = _document_record("page-parses.json", "every page's answer and status")
 structured_json = _document_record("structured.json")
 structured_markdown = _document_record("structured.md")
+docling_json = _document_record("docling.json", "the structured document as Docling's DoclingDocument (optional asset)")
 baseline = _document_record("baseline.json", "the PDF's text layer per page")
 quality = _document_record("quality.json")
 accepted_baseline = _document_record("accepted-baseline.json", "which pinned document is the accepted baseline")

@@ -8,15 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from dagster import materialize
 
 from medkg_pdf import storage_keys
-from medkg_pdf.defs.documents import document_assets
-from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.schemas import SCHEMA_VERSION, PageImages, PageParses, PageStatus, QuarantineRecord, SourceInfo, StructuredDocument
 from medkg_pdf_tests.support import pdf_factory
-from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.chain import register_files, run_chain, vllm_for
 from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble
 
 MODEL = "medkg-embedded-ocr"
@@ -32,23 +29,6 @@ def write(tmp_path, name: str, data: bytes):
     path = tmp_path / name
     path.write_bytes(data)
     return path
-
-
-def run_chain(instance, storage, vllm, partition_key=None, tags=None, selection=None):
-    return materialize(
-        selection or document_assets,
-        partition_key=partition_key,
-        instance=instance,
-        resources={"storage": storage, "vllm": vllm, "inbox_s3": _unused_s3(), "quality_targets": QualityTargets()},
-        raise_on_error=False,
-        tags=tags,
-    )
-
-
-def _unused_s3():
-    from dagster_aws.s3 import S3Resource
-
-    return S3Resource(region_name="us-east-1")
 
 
 def test_chain_materializes_every_asset_and_writes_files(tmp_path, storage, instance, double):

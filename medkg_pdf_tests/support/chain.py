@@ -10,6 +10,29 @@ from medkg_pdf.resources.vllm import EMBEDDED_MODEL, VLLMResource
 from medkg_pdf.sources import file_ref, register
 
 
+def run_chain(instance, storage: DocumentStorage, vllm: VLLMResource, partition_key=None, tags=None, selection=None):
+    """Materialize the document chain (or `selection`) for one partition in-process; failures are returned, not raised."""
+    from dagster import materialize
+
+    from medkg_pdf.defs.documents import document_assets
+    from medkg_pdf.resources.quality import QualityTargets
+
+    return materialize(
+        selection or document_assets,
+        partition_key=partition_key,
+        instance=instance,
+        resources={"storage": storage, "vllm": vllm, "inbox_s3": _unused_s3(), "quality_targets": QualityTargets()},
+        raise_on_error=False,
+        tags=tags,
+    )
+
+
+def _unused_s3():
+    from dagster_aws.s3 import S3Resource
+
+    return S3Resource(region_name="us-east-1")
+
+
 def register_files(storage: DocumentStorage, instance, paths: list[Path]) -> list[str]:
     """Register local files as `documents` partitions of a Dagster instance; returns their ids."""
     ids = []
