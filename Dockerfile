@@ -26,7 +26,7 @@ WORKDIR /opt/medkg-pdf
 # project metadata first, then the package; installed from these files only
 COPY pyproject.toml README.md ./
 COPY medkg_pdf ./medkg_pdf
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir '.[prod]'
 
 # DAGSTER_HOME (the instance's dagster.yaml is mounted here by Helm/Compose)
 # and the local data directory used when MEDKG_ENV=local

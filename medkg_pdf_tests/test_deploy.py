@@ -801,7 +801,7 @@ def test_dockerfile():
         for part in re.split(r"&&|;", run)
         if re.search(r"\bpip\b.*\binstall\b", part)
     ]
-    assert installs == ["pip install --no-cache-dir ."], installs
+    assert installs == ["pip install --no-cache-dir '.[prod]'"], installs  # the run launcher and PostgreSQL storage
 
     # the project's own files are copied before that install; the readme pyproject declares too
     install_at = next(i for i, (w, r) in enumerate(instructions) if w == "RUN" and "pip install" in r)

@@ -8,10 +8,16 @@ isolated build environment brings it from the configured index, as `make` does w
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest
@@ -90,3 +96,21 @@ def test_the_source_copy_holds_what_the_wheel_must_leave_out(tmp_path):
     assert (source / "medkg_pdf_tests" / "support" / "__init__.py").is_file()
     assert (source / "bench" / "__init__.py").is_file()
     assert not (source / ".git").exists() and not (source / ".venv").exists()
+
+
+def test_a_plain_install_leaves_out_kubernetes_and_postgresql_which_the_package_never_imports():
+    import ast
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    production_only = {"dagster-k8s", "dagster-postgres", "psycopg"}
+    core = {re.split(r"[\[<>=!~ ]", requirement)[0] for requirement in project["dependencies"]}
+    prod = {re.split(r"[\[<>=!~ ]", requirement)[0] for requirement in project["optional-dependencies"]["prod"]}
+    assert not production_only & core and production_only <= prod
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for path in (REPO / "medkg_pdf").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and (not isinstance(node, ast.ImportFrom) or node.module)
+        for alias in node.names
+    }
+    assert not imported & {"dagster_k8s", "dagster_postgres", "psycopg", "psycopg2"}
