@@ -25,8 +25,10 @@ WORKDIR /opt/medkg-pdf
 
 # project metadata first, then the package; installed from these files only
 COPY pyproject.toml README.md ./
+COPY deploy/constraints.txt ./deploy/constraints.txt
 COPY medkg_pdf ./medkg_pdf
-RUN pip install --no-cache-dir '.[prod]'
+# pinned: every package at the version deploy/constraints.txt names, so two builds of a commit agree
+RUN pip install --no-cache-dir --constraint deploy/constraints.txt '.[prod]'
 
 # DAGSTER_HOME (the instance's dagster.yaml is mounted here by Helm/Compose)
 # and the local data directory used when MEDKG_ENV=local

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-soak ui bench clean
+.PHONY: demo test test-fast test-soak ui bench constraints clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ ui: $(STAMP)  ## the Dagster UI on the demo's runs and outputs
 
 bench: $(STAMP)  ## benchmarks against a simulated vLLM server (ratios vs same-run baselines) -> bench/RESULTS.md, ~15 min
 	$(PY) -m bench.run_all
+
+constraints: $(STAMP)  ## re-pin deploy/constraints.txt (the image's exact versions) from the installed environment
+	{ sed -n 1,2p deploy/constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -iv '^medkg-pdf' | sort -f; } > deploy/constraints.txt.new
+	mv deploy/constraints.txt.new deploy/constraints.txt
 
 clean:
 	rm -rf .medkg-data

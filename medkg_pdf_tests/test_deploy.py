@@ -771,6 +771,22 @@ def test_compose_instance_validates(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# Pinned image (deploy/constraints.txt)
+
+
+def test_the_image_constraints_pin_every_declared_dependency_to_one_version():
+    pins = {}
+    for line in (ROOT / "deploy/constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and not re.search(r"[<>~!*]", version), line  # exact versions only
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    project = pyproject()["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["prod"]]
+    names = {re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~ ;]", requirement)[0]).lower() for requirement in declared}
+    assert sorted(names - set(pins)) == []
+
+
 # Dockerfile
 # --------------------------------------------------------------------------------------------
 
@@ -801,7 +817,8 @@ def test_dockerfile():
         for part in re.split(r"&&|;", run)
         if re.search(r"\bpip\b.*\binstall\b", part)
     ]
-    assert installs == ["pip install --no-cache-dir '.[prod]'"], installs  # the run launcher and PostgreSQL storage
+    # the run launcher and PostgreSQL storage, every package pinned
+    assert installs == ["pip install --no-cache-dir --constraint deploy/constraints.txt '.[prod]'"], installs
 
     # the project's own files are copied before that install; the readme pyproject declares too
     install_at = next(i for i, (w, r) in enumerate(instructions) if w == "RUN" and "pip install" in r)
