@@ -51,7 +51,7 @@ def draw_page(page: pymupdf.Page, dpi: int, max_bytes: int) -> tuple[bytes, dict
     scale = dpi / 72
     area = page.rect.width * page.rect.height * scale * scale
     if area > MAX_PIXELS:
-        scale *= math.sqrt(MAX_PIXELS / area)
+        scale *= math.sqrt(MAX_PIXELS / area) * 0.999  # pixmap sides round up: stay under, not 1 px over
     for _ in range(8):
         pix = page.get_pixmap(matrix=pymupdf.Matrix(scale, scale), alpha=False, colorspace=pymupdf.csRGB)
         png = encode_png(pix)

@@ -89,8 +89,10 @@ def _s3_error(uri: str, error: Exception) -> SourceReadError:
 def read_source(ref: SourceRef, s3_client=None, max_bytes: int = MAX_PDF_BYTES) -> bytes:
     """Size is checked from stat / HEAD before a byte is read, so a 10 GB upload costs nothing.
 
-    S3 reads are pinned to the registered ETag (`IfMatch`), so the bytes validated are the version
-    that was registered, never a replacement uploaded in between.
+    S3 reads are pinned to the registered ETag (`IfMatch` on HEAD and GET), so the bytes validated are
+    the version that was registered, never a replacement uploaded in between (that is a 412,
+    `source_changed`: the sensor registers the new ETag as a new source version). The GET reads at
+    most `max_bytes + 1`, and the size check is repeated on what was read.
     """
     parsed = urlparse(ref.uri)
     if parsed.scheme == "file":
@@ -114,8 +116,10 @@ def read_source(ref: SourceRef, s3_client=None, max_bytes: int = MAX_PDF_BYTES) 
         try:
             head = s3_client.head_object(Bucket=bucket, Key=key, **pinned)
             check_size(int(head["ContentLength"]), max_bytes)
-            return s3_client.get_object(Bucket=bucket, Key=key, **pinned)["Body"].read()
+            body = s3_client.get_object(Bucket=bucket, Key=key, **pinned)["Body"].read(max_bytes + 1)
         except (ClientError, BotoCoreError) as error:
             raise _s3_error(ref.uri, error) from None
+        check_size(len(body), max_bytes)  # the bytes actually read: HEAD described what was there then
+        return body
     raise SourceReadError(f"unsupported source URI scheme {parsed.scheme!r}", reason="source_unreadable", retryable=False)
 
