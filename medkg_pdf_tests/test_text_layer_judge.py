@@ -30,10 +30,10 @@ from medkg_pdf_tests.support.quality_fixtures import (
 from medkg_pdf_tests.support.vllm_double import VllmDouble
 
 LABEL = [
-    "Amoxicillin capsules for oral use in adults and children over the age of twelve years",
-    "Take one capsule by mouth with a full glass of water every eight hours with or without food",
-    "Usual adult dose 500 mg three times daily for a course of 10 days unless told otherwise",
-    "Do not stop taking this medicine early even if you feel better after the first few days",
+    "Metformin hydrochloride tablets lower blood glucose in adults with type 2 diabetes mellitus",
+    "Start with 500 mg twice daily with meals and increase the dose slowly to limit stomach upset",
+    "Stop the tablets before contrast imaging and check kidney function at least once every year",
+    "Lactic acidosis is rare but serious: seek help for muscle pain, trouble breathing or weakness",
 ]
 NOTE = [
     "Progress note: patient afebrile, tolerating oral intake, ambulating in the corridor",
@@ -42,7 +42,7 @@ NOTE = [
 ]
 GATES = ("parse_quality_match_score", "parse_quality_numeric_recall")
 
-# every printable code maps to the next code point: "Amoxicillin" is extracted as "Bnpyjdjmmjo"
+# every printable code maps to the next code point: "Metformin" is extracted as "Nfugpsnjo"
 _SHIFTED_TO_UNICODE = b"""/CIDInit /ProcSet findresource begin 12 dict begin begincmap
 /CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def
 /CMapName /Shifted def /CMapType 2 def
@@ -140,7 +140,7 @@ def test_a_broken_to_unicode_map_makes_the_page_garbled_though_it_renders_the_sa
     broken = shifted_encoding(pdf, {0})
     with pymupdf.open(stream=pdf) as a, pymupdf.open(stream=broken) as b:
         assert a[0].get_pixmap(dpi=50).samples == b[0].get_pixmap(dpi=50).samples
-        assert "Bnpyjdjmmjo" in b[0].get_text()
+        assert "Nfugpsnjo" in b[0].get_text()
     (page,) = extract_baseline(broken, "d", "s").pages
     assert page.verdict == "garbled" and "plausible letter pairs" in page.reason
 
