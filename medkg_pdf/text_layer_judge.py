@@ -26,7 +26,6 @@ import numpy as np
 import pymupdf
 
 USABLE = "usable"
-VERDICTS = ("usable", "none", "garbled", "invisible_over_image", "partial")
 
 # Letter pairs are counted over this built-in text: plain English prose and medical phrasing
 # (drug labels, notes, guidelines). A pair is "plausible" when it occurs here. Measured on the
