@@ -6,7 +6,8 @@
 - numeric recall: share of the baseline's numeric tokens (doses, units, percentages) found in
   the parse; a missed "500" in "500 mg" is worse than a missed word
 - table cell agreement: share of baseline table cells found at the same row/column
-The document's match score is word F1 pooled over the pages that have a usable baseline.
+The document's match score is word F1 pooled over the pages that have a usable baseline (a text
+layer judged usable by `medkg_pdf.text_layer_judge`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections import Counter
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
+
+from medkg_pdf.text_layer_judge import judge_text
 
 _MARKUP = re.compile(r"[#*_`|>~\[\]]+|^\s*[-+]\s+|^\s*\d+\.\s+|-{3,}", re.MULTILINE)
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -82,11 +85,8 @@ def table_cell_agreement(candidate: list[list[str]], reference: list[list[str]])
 
 
 def baseline_usable(text: str) -> bool:
-    """A text layer that is mostly symbols (wrong encoding, broken fonts) is no baseline at all."""
-    visible = [ch for ch in text if not ch.isspace()]
-    if len(visible) < 20:
-        return bool(visible) and sum(ch.isalnum() for ch in visible) / len(visible) >= 0.5
-    return sum(ch.isalnum() for ch in visible) / len(visible) >= 0.5 and "\ufffd" not in text[:2000]
+    """A text layer that is mostly symbols or reads as no language (wrong encoding, broken fonts) is no baseline."""
+    return judge_text(text).usable
 
 
 def nearest_rank(values, q: float) -> float | None:

@@ -218,6 +218,10 @@ class BaselinePage(Record):
     index: int
     has_text_layer: bool
     text: str
+    # the text layer judged before use (medkg_pdf.text_layer_judge): usable, none, garbled,
+    # invisible_over_image or partial; only usable pages are scored. None: written before judging.
+    verdict: str | None = None
+    reason: str = ""
 
 
 class BaselineParse(Stored, Record):
@@ -229,6 +233,9 @@ class BaselineParse(Stored, Record):
 class PageQuality(Record):
     page: int  # 1-based
     has_baseline: bool
+    # the text layer's verdict and why (see BaselinePage); has_baseline is verdict == "usable"
+    verdict: str | None = None
+    reason: str = ""
     edit_similarity: float | None = None
     word_f1: float | None = None
     numeric_recall: float | None = None
@@ -244,6 +251,8 @@ class DocumentQuality(Stored, Record):
     word_f1: float | None
     numeric_recall: float | None
     baseline: str = "text_layer"
+    # why match_score is None: "no usable baseline (...)" with the pages' verdicts; "" when scored
+    no_baseline_reason: str = ""
     # when the document's chain finished; with SourceRef.arrived_at it gives the end-to-end latency
     completed_at: datetime = Field(default_factory=utc_now)
 

@@ -1,10 +1,12 @@
-"""The model-free baseline: each page's own text layer, extracted by PyMuPDF."""
+"""The model-free baseline: each page's own text layer, extracted by PyMuPDF and judged before use."""
 
+from collections import Counter
 
 import pymupdf
 from dagster import AssetExecutionContext, MaterializeResult
 
 from medkg_pdf import storage_keys
+from medkg_pdf.text_layer_judge import judge_page
 from medkg_pdf.defs.document_steps import current_source, run_document
 from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
@@ -19,7 +21,10 @@ def extract_baseline(pdf: bytes, document_id: str, sha256: str) -> BaselineParse
             # own extractText is ~40x faster than get_text("text", sort=True), which also pads a layout
             # with spaces that no metric here uses (and holds the GIL all along).
             text = page.get_textpage().extractText(sort=True).strip()
-            pages.append(BaselinePage(index=page.number, has_text_layer=bool(text), text=text))
+            judged = judge_page(page, text)
+            pages.append(
+                BaselinePage(index=page.number, has_text_layer=bool(text), text=text, verdict=judged.verdict, reason=judged.reason)
+            )
     return BaselineParse(document_id=document_id, sha256=sha256, pages=pages)
 
 
@@ -38,6 +43,7 @@ def baseline_parse(context: AssetExecutionContext, storage: DocumentStorage) -> 
             "pages": len(baseline.pages),
             "pages_with_text_layer": sum(p.has_text_layer for p in baseline.pages),
             "characters": sum(len(p.text) for p in baseline.pages),
+            **{f"verdict_{v}": n for v, n in sorted(Counter(p.verdict for p in baseline.pages).items())},
         }
 
     return run_document(context, storage, "baseline_parse", extract)
