@@ -445,7 +445,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Outputs: {data_dir / 'documents'}\n"
         f"Quality report (tables and plots): {report}\n"
         f"Open the Dagster UI on these runs:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
-        f"MEDKG_DATA_DIR={data_dir} .venv/bin/dagster dev   (or: make ui)"
+        f"MEDKG_DATA_DIR={data_dir} {Path(sys.executable).parent / 'dagster'} dev -m medkg_pdf.definitions"
+        "   (or, in the repo: make ui)"  # absolute paths and a module: works from any directory
     )
     return 0 if ok == len(results) else 1
 
