@@ -2,6 +2,9 @@
 
 VLMs mix GitHub tables and raw HTML tables (Qwen2.5-VL and olmOCR both emit `<table>`), so HTML
 blocks are read with the standard library's HTML parser into rows; no HTML is passed through.
+Tables become a rectangular grid: a spanning cell's text is repeated into every position it covers
+(so each value stays under its header, for readers and for `table_cell_agreement`) and the span is
+recorded in `Block.spans`; ragged rows are padded with empty cells so nothing shifts left.
 """
 
 from __future__ import annotations
@@ -23,29 +26,56 @@ class _HtmlText(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.rows: list[list[str]] = []
+        self.rows: list[list[tuple[str, int, int]]] = []  # (text, rowspan, colspan) as written
+        self.header_rows: set[int] = set()  # rows in <thead> or made only of <th>
         self.parts: list[str] = []
         self._cell: list[str] | None = None
+        self._span = (1, 1)
+        self._th = False
+        self._row_th: list[bool] = []
+        self._thead = 0
         self._skip = 0
 
     def handle_starttag(self, tag, attrs):
         if tag in ("script", "style"):
             self._skip += 1
+        elif tag == "thead":
+            self._thead += 1
         elif tag == "tr":
-            self.rows.append([])
+            self._new_row()
         elif tag in ("td", "th"):
             self._cell = []
+            self._th = tag == "th"
+            self._span = (_span(attrs, "rowspan"), _span(attrs, "colspan"))
         elif tag in ("br", "p", "div", "li"):
             self.parts.append(" ")
 
     def handle_endtag(self, tag):
         if tag in ("script", "style"):
             self._skip = max(0, self._skip - 1)
+        elif tag == "thead":
+            self._thead = max(0, self._thead - 1)
         elif tag in ("td", "th") and self._cell is not None:
             if not self.rows:
-                self.rows.append([])
-            self.rows[-1].append(" ".join("".join(self._cell).split()))
+                self._new_row()
+            self.rows[-1].append((" ".join("".join(self._cell).split()), *self._span))
+            self._row_th[-1] = self._row_th[-1] and self._th
             self._cell = None
+
+    def _new_row(self) -> None:
+        if self._thead:
+            self.header_rows.add(len(self.rows))
+        self.rows.append([])
+        self._row_th.append(True)
+
+    def header_count(self, kept: list[int]) -> int:
+        """Leading kept rows that are header rows (<thead>, or all <th>)."""
+        count = 0
+        for index in kept:
+            if index not in self.header_rows and not (self._row_th[index] and self.rows[index]):
+                break
+            count += 1
+        return count
 
     def handle_data(self, data):
         if self._skip:
@@ -53,6 +83,46 @@ class _HtmlText(HTMLParser):
         (self._cell if self._cell is not None else self.parts).append(data)
         if self._cell is not None:
             self.parts.append(data)
+
+
+def _span(attrs, name: str) -> int:
+    """A rowspan/colspan attribute, clamped: VLMs sometimes write 0, junk or absurd spans."""
+    value = dict(attrs).get(name) or "1"
+    digits = re.match(r"\s*(\d+)", value)
+    return min(max(int(digits.group(1)), 1), 100) if digits else 1
+
+
+def table_grid(
+    rows: list[list[tuple[str, int, int]]],
+) -> tuple[list[list[str]], list[list[int]]]:
+    """Lay cells out on a grid: spans expanded (text repeated), ragged rows padded; spans as [row, col, rs, cs]."""
+    grid: dict[tuple[int, int], str] = {}
+    spans: list[list[int]] = []
+    for r, row in enumerate(rows):
+        c = 0
+        for text, rowspan, colspan in row:
+            while (r, c) in grid:
+                c += 1
+            rowspan = min(rowspan, len(rows) - r)  # a span cannot invent rows
+            for dr in range(rowspan):
+                for dc in range(colspan):
+                    grid[(r + dr, c + dc)] = text
+            if rowspan > 1 or colspan > 1:
+                spans.append([r, c, rowspan, colspan])
+            c += colspan
+    width = max((c + 1 for _, c in grid), default=0)
+    return [[grid.get((r, c), "") for c in range(width)] for r in range(len(rows))], spans
+
+
+def _table_block(page: int, rows: list[list[str]], spans: list[list[int]] | None, header_rows: int) -> Block:
+    return Block(
+        kind="table",
+        page=page,
+        text="\n".join(" ".join(row) for row in rows),
+        rows=rows,
+        spans=spans or None,
+        header_rows=header_rows,
+    )
 
 
 def _inline_text(token: Token) -> str:
@@ -71,9 +141,10 @@ def _html_block(content: str, page: int) -> Block | None:
     parser = _HtmlText()
     parser.feed(content)
     parser.close()
-    rows = [row for row in parser.rows if any(cell for cell in row)]
-    if rows:
-        return Block(kind="table", page=page, text="\n".join(" ".join(row) for row in rows), rows=rows)
+    kept = [i for i, row in enumerate(parser.rows) if any(text for text, _, _ in row)]
+    if kept:
+        rows, spans = table_grid([parser.rows[i] for i in kept])
+        return _table_block(page, rows, spans, parser.header_count(kept))
     text = " ".join("".join(parser.parts).split())
     return Block(kind="paragraph", page=page, text=text) if text else None
 
@@ -113,15 +184,19 @@ def markdown_to_blocks(markdown: str, page: int) -> list[Block]:
                 blocks.append(Block(kind="list", page=page, text="\n".join(items), items=items))
             i = j + 1
         elif token.type == "table_open":
-            rows: list[list[str]] = []
+            cells: list[list[tuple[str, int, int]]] = []
+            header_rows = 0
             j = i
             while tokens[j].type != "table_close":
                 if tokens[j].type == "tr_open":
-                    rows.append([])
-                elif tokens[j].type == "inline" and rows:
-                    rows[-1].append(_inline_text(tokens[j]))
+                    cells.append([])
+                elif tokens[j].type == "inline" and cells:
+                    cells[-1].append((_inline_text(tokens[j]), 1, 1))
+                elif tokens[j].type == "thead_close":
+                    header_rows = len(cells)
                 j += 1
-            blocks.append(Block(kind="table", page=page, text="\n".join(" ".join(r) for r in rows), rows=rows))
+            rows, _ = table_grid(cells)
+            blocks.append(_table_block(page, rows, None, header_rows))
             i = j + 1
         elif token.type in ("fence", "code_block"):
             if token.content.strip():

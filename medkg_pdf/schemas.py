@@ -183,7 +183,19 @@ class Block(Record):
     text: str
     level: int | None = None  # heading level
     items: list[str] | None = None  # list items
-    rows: list[list[str]] | None = None  # table cells, first row is the header
+    rows: list[list[str]] | None = Field(
+        default=None,
+        description="Table cells as a rectangular grid: a spanning cell's text is repeated in every position it "
+        "covers, so each value sits under its header; short rows are padded with empty cells.",
+    )
+    spans: list[list[int]] | None = Field(
+        default=None,
+        description="Table cells that span several grid positions, as [row, col, rowspan, colspan] (0-based, "
+        "the top-left position); absent when no cell spans.",
+    )
+    header_rows: int | None = Field(
+        default=None, description="How many leading table rows are header rows (<thead>, <th> rows, markdown header)."
+    )
     bbox: tuple[float, float, float, float] | None = Field(
         default=None,
         description="(x0, y0, x1, y1) in PDF points, origin at the page's top-left corner, y downwards (PyMuPDF's "
