@@ -64,7 +64,9 @@ from medkg_pdf_tests.support import pdf_factory
 from medkg_pdf.page_render import draw_page
 with pymupdf.open(stream=getattr(pdf_factory, sys.argv[2])(), filetype="pdf") as doc:
     png, fields = draw_page(doc[0], 150, 10 * 2**20)
-print(fields["width"] * fields["height"], len(png), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM: this process's own peak RSS (ru_maxrss would report the forking pytest's, which survives exec)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(fields["width"] * fields["height"], len(png), peak_kb // 1024)
 """
 ADDRESS_SPACE_MB = 1200  # the interpreter, PyMuPDF and OpenCV take ~700 MB of address space before any page
 
