@@ -65,3 +65,13 @@ def no_step_retries(request, monkeypatch):
 
         monkeypatch.setattr(document_steps, "MAX_STEP_RETRIES", 0)
 
+
+
+@pytest.fixture(autouse=True)
+def fresh_breakers():
+    """The model-server breaker is shared by the process, per URL; a test's loopback port may be the last test's."""
+    from medkg_pdf.model_client.breaker import forget_shared_breakers
+
+    forget_shared_breakers()
+    yield
+    forget_shared_breakers()

@@ -2,7 +2,8 @@
 
 One `ModelClient.parse_pages` call is one run: a preflight that fails in seconds, then pages
 streamed through a bounded set of workers on one httpx connection pool, each request retried by
-tenacity and all of them guarded by one circuit breaker. The Dagster resource, the CLI and the
+tenacity, fewer requests in flight after a 429 (`limiter.py`), and all of them guarded by the
+process's circuit breaker for that server. The Dagster resource, the CLI and the
 benchmarks all build this same client.
 """
 
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from medkg_pdf.metrics import nearest_rank
-from medkg_pdf.model_client.breaker import BreakerState, CircuitBreaker
+from medkg_pdf.model_client.breaker import BreakerOpenError, BreakerState, CircuitBreaker, shared_breaker
 from medkg_pdf.model_client.errors import (
     FatalRequestError,
     ModelNotServedError,
@@ -28,7 +29,8 @@ from medkg_pdf.model_client.errors import (
     RetryableError,
     ServerUnavailableError,
 )
-from medkg_pdf.model_client.page_parser import PageParser, PageRecipe, PageRequest
+from medkg_pdf.model_client.limiter import AdaptiveLimit
+from medkg_pdf.model_client.page_parser import PageParser, PageRecipe, PageRequest, WaitBudget
 from medkg_pdf.schemas import PageParse, PageStatus
 
 log = logging.getLogger("medkg_pdf.vllm")
@@ -50,7 +52,9 @@ class RunStats:
     pages: int = 0  # drawn from the iterable, blank ones included
     model_calls: int = 0  # HTTP requests, retries and re-asks included
     retries: int = 0  # tenacity's sleeps
-    breaker_trips: int = 0
+    breaker_trips: int = 0  # while this run went on (the breaker is shared by the process)
+    rate_limited: int = 0  # 429 answers
+    lowest_concurrency: int = 0  # requests in flight after the deepest cut for 429s
     prompt_tokens: int = 0  # the server's usage, summed over the pages' final answers
     completion_tokens: int = 0
     wall_s: float = 0.0
@@ -67,6 +71,8 @@ class RunStats:
             "model_calls": self.model_calls,
             "retries": self.retries,
             "breaker_trips": self.breaker_trips,
+            "rate_limited": self.rate_limited,
+            "lowest_concurrency": self.lowest_concurrency,
             "pages_per_s": round(self.pages / wall, 3) if self.model_calls else None,
             "tokens_per_s": round((self.prompt_tokens + self.completion_tokens) / wall, 1),
             "latency_p50_s": self.percentile(0.50),
@@ -78,18 +84,34 @@ class RunStats:
 
 @dataclass(frozen=True)
 class Backoff:
-    """tenacity's policy for one request: exponential with jitter, but never sooner than Retry-After."""
+    """tenacity's policy for one request: exponential with jitter, but never sooner than Retry-After.
 
-    max_attempts: int = 3
+    Each wait holds a pool slot, so each is capped (`retry_after_max_s`) and all of a page's waits
+    together are bounded by its wait budget (`wait_budget_s`): a page whose next wait would
+    overdraw it stops there with its last error.
+    """
+
+    max_attempts: int = 3  # failed requests per body (5xx, timeouts, resets); 429s and breaker waits are not failures
     initial_s: float = 1.0
     max_s: float = 20.0
     retry_after_max_s: float = 60.0  # a server asking for an hour must not park a page (and its pool slot) for one
+    wait_budget_s: float = 300.0  # per page: all its waits (back-off, Retry-After, an open breaker) together
 
     def wait(self, state: RetryCallState) -> float:
         backoff = wait_exponential_jitter(initial=self.initial_s, max=self.max_s)(state)
         error = state.outcome.exception() if state.outcome else None
         retry_after = min(getattr(error, "retry_after", None) or 0.0, self.retry_after_max_s)
         return min(max(backoff, retry_after), max(self.max_s, retry_after))
+
+
+@dataclass
+class _Run:
+    """What the requests of one run share: the process's breaker, this run's in-flight limit, its stats."""
+
+    breaker: CircuitBreaker
+    limiter: AdaptiveLimit
+    stats: RunStats
+    outlasted: bool = False  # a page waited out its budget on the open breaker: later pages do not wait again
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -126,7 +148,7 @@ def url_password(url: str) -> str | None:
 
 @dataclass(frozen=True)
 class ModelClient:
-    """A model server shared politely by every page of a run; `new_breaker` makes one breaker per run."""
+    """A model server shared politely by every page of a run; `breaker` unset: the process's one for `url`."""
 
     url: str
     recipe: PageRecipe
@@ -135,7 +157,7 @@ class ModelClient:
     timeout: httpx.Timeout = field(default_factory=lambda: httpx.Timeout(300.0, connect=10.0, write=60.0, pool=60.0))
     preflight_timeout_s: float = 5.0
     backoff: Backoff = Backoff()
-    new_breaker: Callable[..., CircuitBreaker] = CircuitBreaker
+    breaker: CircuitBreaker | None = None
     max_model_len: int | None = None  # unset: what GET /v1/models says, else 8192
 
     def redact(self, text: str) -> str:
@@ -172,7 +194,9 @@ class ModelClient:
                 f"circuit breaker {old.value} -> {new.value} for {self.shown_url}: {self.redact(why)}"
             )
 
-        breaker = self.new_breaker(on_change=on_change)
+        breaker = self.breaker or shared_breaker(self.url)
+        trips_before = breaker.trips
+        run = _Run(breaker, AdaptiveLimit(self.max_concurrency), stats)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
         loop = asyncio.get_running_loop()
@@ -212,10 +236,10 @@ class ModelClient:
             try:
                 max_model_len = await self._preflight(client)
 
-                async def complete(body: dict) -> tuple[dict[str, Any], int]:
-                    return await self._complete(client, body, breaker, stats)
+                async def complete(body: dict, budget: WaitBudget) -> tuple[dict[str, Any], int]:
+                    return await self._complete(client, body, budget, run)
 
-                parser = PageParser(self.recipe, complete, max_model_len, self.redact)
+                parser = PageParser(self.recipe, complete, max_model_len, self.redact, self.backoff.wait_budget_s)
 
                 async def worker() -> None:
                     while True:
@@ -241,11 +265,13 @@ class ModelClient:
                             stats.latencies.append(result.latency_s)
                         await asyncio.to_thread(on_result, result)
 
-                await asyncio.gather(*(worker() for _ in range(self.max_concurrency)))
+                with breaker.watch(on_change):
+                    await asyncio.gather(*(worker() for _ in range(self.max_concurrency)))
             finally:
                 stop.set()
                 await asyncio.to_thread(producer.join)
-        stats.breaker_trips = breaker.trips
+        stats.breaker_trips = breaker.trips - trips_before
+        stats.lowest_concurrency = run.limiter.lowest
         stats.wall_s = time.perf_counter() - started
         if fatal:
             raise fatal[0]
@@ -280,37 +306,67 @@ class ModelClient:
             )
         return self.max_model_len or int(served[model].get("max_model_len") or 8192)
 
-    async def _complete(self, client: httpx.AsyncClient, body: dict, breaker: CircuitBreaker, stats: RunStats):
-        """One answer for one body: retried on RetryableError, each attempt passing the breaker first."""
-        tries = 0
+    async def _complete(self, client: httpx.AsyncClient, body: dict, budget: WaitBudget, run: _Run):
+        """One answer for one body, retried by tenacity.
 
-        def count_retry(state: RetryCallState) -> None:
-            stats.retries += 1
+        A failure of the server (5xx, timeout, reset) spends one of `max_attempts` and counts for the
+        breaker. A wait (a 429, an open breaker) spends neither: the page waits (capped Retry-After,
+        or until the breaker's trial call) while its wait budget lasts.
+        """
+        tries = failures = 0
+
+        def stop(state: RetryCallState) -> bool:
+            if failures >= self.backoff.max_attempts:
+                return True
+            if isinstance(state.outcome.exception(), BreakerOpenError) and run.outlasted:
+                return True  # the outage already outlasted a page's budget in this run: do not wait it out again
+            return state.upcoming_sleep > budget.left_s
+
+        def before_sleep(state: RetryCallState) -> None:
+            run.stats.retries += 1
+            budget.left_s -= state.upcoming_sleep
 
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RetryableError),
-                stop=stop_after_attempt(self.backoff.max_attempts),
+                stop=stop,
                 wait=self.backoff.wait,
-                before_sleep=count_retry,
+                before_sleep=before_sleep,
                 reraise=True,
             ):
                 with attempt:
                     tries += 1
-                    breaker.before_call(self.shown_url)
-                    stats.model_calls += 1
                     try:
-                        answer = await self._post(client, body)
+                        return await self._try(client, body, run), tries
                     except RetryableError as error:
-                        if not error.throttled:  # a 429 is a busy server asking to slow down, not a broken one
-                            breaker.record_failure(str(error))
+                        failures += not error.throttled
                         raise
-                    breaker.record_success()
-                    return answer, tries
         except (RetryableError, PageFailure) as error:
             error.attempts = tries  # type: ignore[attr-defined]
+            run.outlasted |= isinstance(error, BreakerOpenError)
             raise
         raise AssertionError("unreachable")
+
+    async def _try(self, client: httpx.AsyncClient, body: dict, run: _Run) -> dict[str, Any]:
+        """One request through the breaker and the in-flight limit, telling both how it went."""
+        ticket = run.breaker.before_call(self.shown_url)
+        try:
+            async with run.limiter.slot() as sent_at:
+                run.stats.model_calls += 1
+                try:
+                    answer = await self._post(client, body)
+                except RetryableError as error:
+                    if error.throttled:  # a 429: a busy server asking to slow down, not a broken one
+                        run.stats.rate_limited += 1
+                        run.limiter.slow_down(sent_at)
+                    else:
+                        run.breaker.record_failure(str(error), ticket)
+                    raise
+                run.limiter.speed_up()
+                run.breaker.record_success(ticket)
+                return answer
+        finally:
+            run.breaker.release(ticket)
 
     async def _post(self, client: httpx.AsyncClient, body: dict) -> dict[str, Any]:
         try:

@@ -28,7 +28,9 @@ class RetryableError(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
-        self.throttled = throttled  # 429: back-pressure, which must not open the circuit breaker
+        # a wait, not a failure (a 429's back-pressure, an open breaker): it neither counts for the
+        # breaker nor spends an attempt, only the page's wait budget
+        self.throttled = throttled
 
 
 class PageFailure(Exception):

@@ -1,7 +1,7 @@
 """One page, from PNG to PageParse: sizing, the tries, and judging each answer.
 
-A model answer can be cut, stuck in a loop, empty or sideways; each has its own remedy (a
-penalised retry, one more ask, a turned image). That logic lives here, apart from the HTTP
+A model answer can be cut, stuck in a loop, empty or sideways; each has its own remedy (one
+more ask with the same deterministic sampling, a turned image). That logic lives here, apart from the HTTP
 transport (`client.py`), so it reads as the policy it is.
 """
 
@@ -20,7 +20,6 @@ from typing import Any, Awaitable, Callable
 import pymupdf
 
 from medkg_pdf.chat_contract import page_messages, png_size
-from medkg_pdf.model_client.breaker import BreakerOpenError
 from medkg_pdf.model_client.errors import PageFailure, RetryableError
 from medkg_pdf.profiles import InvalidAnswerError, ModelProfile, get_profile
 from medkg_pdf.schemas import PageParse, PageStatus, SamplingParams
@@ -151,7 +150,14 @@ def rotate_png(png: bytes, degrees_clockwise: int) -> tuple[bytes, int, int]:
         return out.getvalue(), turned.width, turned.height
 
 
-Complete = Callable[[dict[str, Any]], Awaitable[tuple[dict[str, Any], int]]]
+@dataclass
+class WaitBudget:
+    """Seconds one page may still spend waiting between tries (back-off, Retry-After, an open breaker)."""
+
+    left_s: float
+
+
+Complete = Callable[[dict[str, Any], WaitBudget], Awaitable[tuple[dict[str, Any], int]]]
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,7 @@ class PageParser:
     complete: Complete
     max_model_len: int
     redact: Callable[[str], str] = lambda text: text
+    wait_budget_s: float = 300.0
 
     async def parse(self, page: PageRequest, enqueued: float) -> PageParse:
         queue_wait = time.perf_counter() - enqueued
@@ -187,21 +194,21 @@ class PageParser:
         answer: dict[str, Any] = {}
         parsed = None
         asked_again = False
+        budget = WaitBudget(self.wait_budget_s)
         for round_ in range(4):  # one retry for truncation/repetition, one for a rotated page, one for an empty answer
             try:
-                answer, tries = await self.complete(recipe.body(png, sampling))
+                answer, tries = await self.complete(recipe.body(png, sampling), budget)
                 attempts += tries
-            except BreakerOpenError as exc:
-                status, error = PageStatus.breaker_open, str(exc)
-                break
             except (RetryableError, PageFailure) as exc:
                 attempts += getattr(exc, "attempts", 1)
                 status, error = exc.status, self.redact(str(exc))
                 break
             status, error = judge(answer, sampling.max_tokens)
             if status in (PageStatus.truncated, PageStatus.repetition):
-                if round_ == 0 and sampling.repetition_penalty is None:
-                    sampling = sampling.model_copy(update={"repetition_penalty": 1.1, "frequency_penalty": 0.3})
+                # asked once more with the same deterministic sampling (a loop can come from batching on the
+                # server); no repetition/frequency penalty: it would push the model off the repeated numbers
+                # that dose tables are made of
+                if round_ == 0:
                     continue
                 break
             if status is PageStatus.empty and not asked_again:  # an empty answer is final only when it comes twice

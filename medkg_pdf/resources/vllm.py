@@ -9,7 +9,6 @@ CLI and the benchmarks get the very same behaviour without Dagster.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from contextlib import ExitStack
 from typing import Any, Iterable
@@ -35,7 +34,7 @@ from medkg_pdf.model_client import (
     shown_url,
     url_password,
 )
-from medkg_pdf.model_client.breaker import CircuitBreaker
+from medkg_pdf.model_client.breaker import shared_breaker
 from medkg_pdf.profiles import ModelProfile, get_profile
 from medkg_pdf.schemas import SamplingParams
 
@@ -81,8 +80,16 @@ class VLLMResource(ConfigurableResource):
     retry_after_max_s: float = Field(
         default=60.0, ge=0, description="Cap on a server's Retry-After: a page waits at most this long per retry."
     )
+    page_wait_budget_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="All of a page's waits together (back-off, capped Retry-After, an open breaker's recovery): "
+        "past it the page fails with its last error instead of holding its pool slot longer.",
+    )
     breaker_failure_threshold: int = 5
-    breaker_recovery_s: float = 60.0
+    breaker_recovery_s: float = Field(
+        default=60.0, description="Open time before a trial call; the breaker is shared by the process, per server URL."
+    )
     breaker_success_threshold: int = 2
     temperature: float = 0.0
     seed: int = 42
@@ -186,9 +193,10 @@ class VLLMResource(ConfigurableResource):
                 initial_s=self.backoff_initial_s,
                 max_s=self.backoff_max_s,
                 retry_after_max_s=self.retry_after_max_s,
+                wait_budget_s=self.page_wait_budget_s,
             ),
-            new_breaker=functools.partial(
-                CircuitBreaker,
+            breaker=shared_breaker(
+                self.url,
                 failure_threshold=self.breaker_failure_threshold,
                 recovery_s=self.breaker_recovery_s,
                 success_threshold=self.breaker_success_threshold,
