@@ -202,7 +202,7 @@ def test_server_outage_mid_run_keeps_parsed_pages_and_the_rerun_does_the_rest(tm
         return f"# Page\n\nanswer {len(answered)}"
 
     with VllmDouble(model=MODEL, answer=answer_then_die) as double:
-        vllm = vllm_for(double.url, max_concurrency=1, breaker_recovery_s=60)
+        vllm = vllm_for(double.url, max_concurrency=1, breaker_recovery_s=0.2)  # queued pages wait for the trial call
         result = run_chain(instance, storage, vllm, doc_id)
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)

@@ -1,11 +1,12 @@
 """The model server client, against a real HTTP server that misbehaves on purpose."""
 
 import logging
+import threading
 import time
 
 import pytest
 
-from medkg_pdf.model_client.breaker import BreakerState, CircuitBreaker
+from medkg_pdf.model_client.breaker import BreakerOpenError, BreakerState, CircuitBreaker
 from medkg_pdf.resources.vllm import (
     FatalRequestError,
     ModelNotServedError,
@@ -24,7 +25,7 @@ URL_PASSWORD = "pw-in-url-93b1e0"
 
 
 def client(url: str, **settings) -> VLLMResource:
-    base = dict(base_url=url, model=MODEL, backoff_initial_s=0.02, backoff_max_s=0.2, read_timeout_s=5)
+    base = dict(base_url=url, model=MODEL, backoff_initial_s=0.02, backoff_max_s=0.2, read_timeout_s=5, breaker_recovery_s=0.3)
     base.update(settings)
     return VLLMResource(**base)
 
@@ -176,16 +177,94 @@ def test_a_runaway_response_body_is_cut_off_while_it_is_read(server):
     assert server.endless_bytes_sent < 64 * 2**20  # the client hung up; it did not read the server's 256 MiB
 
 
-def test_breaker_opens_after_five_failures_and_the_rest_fail_fast(server, caplog):
+def test_breaker_opens_after_five_failures_and_pages_with_no_wait_budget_fail_fast(server, caplog):
     server.set_faults(Faults(error_503=1.0))
     with caplog.at_level(logging.INFO):
-        results, stats = parse(client(server.url, max_concurrency=1), pages(10), logging.getLogger("breaker-test"))
+        results, stats = parse(
+            client(server.url, max_concurrency=1, page_wait_budget_s=0, breaker_recovery_s=60), pages(10), logging.getLogger("breaker-test")
+        )
     statuses = [r.status for r in results]
-    # page 1: three 503s; page 2: two more open the breaker, its third try is refused at once
-    assert statuses == [PageStatus.http_error] + [PageStatus.breaker_open] * 9
+    # no budget for any wait: each page tries once; five 503s open the breaker, the rest are refused at once
+    assert statuses == [PageStatus.http_error] * 5 + [PageStatus.breaker_open] * 5
     assert server.requests == 5 and stats.breaker_trips == 1
     assert "circuit breaker closed -> open" in caplog.text
     assert "breaker open" in results[-1].error
+
+
+def test_pages_queued_behind_an_open_breaker_wait_for_its_trial_call_and_end_ok(server, caplog):
+    server.set_faults(Faults(script=["503"] * 5))  # a short outage: five failures open the breaker, then the server is fine
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        results, stats = parse(client(server.url, max_concurrency=1), pages(6), logging.getLogger("breaker-test"))
+    # page 0 spends its three attempts; page 1's two failures open the breaker, then it waits for the trial call
+    assert [r.status for r in results] == [PageStatus.http_error] + [PageStatus.ok] * 5
+    assert stats.breaker_trips == 1 and time.monotonic() - started < 10
+    assert "closed -> open" in caplog.text and "open -> half_open" in caplog.text and "half_open -> closed" in caplog.text
+
+
+def test_an_outage_shorter_than_the_run_ends_with_the_breaker_closed_and_the_later_pages_ok(caplog):
+    with VllmDouble(model=MODEL, faults=Faults(latency_s=0.05)) as double:
+
+        def outage() -> None:
+            deadline = time.monotonic() + 20
+            while double.completions_ok < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            double.go_down()  # refused connections: failures of the server, as a crashed pod
+            time.sleep(1.5)
+            double.come_back()
+
+        breaker_outage = threading.Thread(target=outage, daemon=True)
+        breaker_outage.start()
+        with caplog.at_level(logging.INFO):
+            results, stats = parse(client(double.url, max_concurrency=2, page_wait_budget_s=30), pages(16), logging.getLogger("outage"))
+        breaker_outage.join(timeout=30)
+    statuses = [r.status for r in results]
+    assert stats.breaker_trips >= 1 and "half_open -> closed" in caplog.text
+    assert PageStatus.breaker_open not in statuses  # nobody gave up while the server was on its way back
+    assert statuses[-6:] == [PageStatus.ok] * 6 and statuses.count(PageStatus.ok) >= 12
+
+
+def test_one_breaker_per_server_url_is_shared_by_every_run_of_the_process(server):
+    first, second = client(server.url).client(), client(server.url, max_concurrency=2).client()
+    assert first.breaker is second.breaker
+    with VllmDouble(model=MODEL) as other:
+        assert client(other.url).client().breaker is not first.breaker
+
+
+def test_the_breaker_half_open_lets_one_trial_call_through_at_a_time():
+    now = [0.0]
+    breaker = CircuitBreaker(recovery_s=10, clock=lambda: now[0])
+    for _ in range(5):
+        breaker.record_failure("boom")
+    with pytest.raises(BreakerOpenError) as refused:
+        breaker.before_call("http://x")
+    assert refused.value.retry_after == 10
+    now[0] = 10
+    trial = breaker.before_call("http://x")
+    with pytest.raises(BreakerOpenError, match="waiting for the trial call"):
+        breaker.before_call("http://x")
+    breaker.release(trial)  # e.g. the trial got a 429: neither success nor failure
+    breaker.record_success(breaker.before_call("http://x"))
+    breaker.record_success(breaker.before_call("http://x"))
+    assert breaker.state is BreakerState.closed
+
+
+def test_a_burst_of_429s_cuts_the_requests_in_flight_and_every_page_ends_ok(server):
+    server.set_faults(Faults(script=["429"] * 4, retry_after_s=0.05, latency_s=0.05))
+    results, stats = parse(client(server.url, max_concurrency=4), pages(12))
+    assert [r.status for r in results] == [PageStatus.ok] * 12
+    assert stats.rate_limited == 4 and stats.breaker_trips == 0
+    assert stats.lowest_concurrency <= 2  # halved at least once: the busy server got fewer requests at once
+
+
+def test_429_waits_spend_the_page_wait_budget_not_its_attempts(server):
+    server.set_faults(Faults(rate_limit_429=1.0, retry_after_s=3600))
+    started = time.monotonic()
+    results, stats = parse(client(server.url, max_concurrency=1, retry_after_max_s=0.2, page_wait_budget_s=1.0), pages(1))
+    elapsed = time.monotonic() - started
+    assert results[0].status is PageStatus.http_error and "429" in results[0].error
+    assert results[0].attempts > 3  # more tries than max_attempts: a 429 is no failure of the server
+    assert 0.8 <= elapsed < 5 and stats.breaker_trips == 0  # and never more waiting than the budget
 
 
 def test_garbage_bodies_are_invalid_responses_not_crashes(server):
@@ -195,16 +274,16 @@ def test_garbage_bodies_are_invalid_responses_not_crashes(server):
     assert "invalid response" in results[0].error
 
 
-def test_truncated_answer_gets_one_retry_with_penalties():
+def test_a_truncated_answer_is_asked_once_more_with_the_same_deterministic_sampling():
     with VllmDouble(model=MODEL, answer=lambda png, body: ("Dose table " + "x" * 50, "length")) as double:
         results, _ = parse(client(double.url), pages(1))
         assert double.requests == 2
-        assert double.request_bodies[1]["repetition_penalty"] == 1.1
+        assert double.request_bodies[1] == double.request_bodies[0]
     assert results[0].status is PageStatus.truncated
-    assert results[0].sampling.frequency_penalty == 0.3
+    assert results[0].sampling.frequency_penalty is None
 
 
-def test_repetition_loop_is_detected_and_retried():
+def test_a_repetition_retry_carries_no_penalty_and_keeps_temperature_0_and_the_seed():
     calls = []
 
     def answer(png, body):
@@ -213,8 +292,11 @@ def test_repetition_loop_is_detected_and_retried():
 
     with VllmDouble(model=MODEL, answer=answer) as double:
         results, _ = parse(client(double.url), pages(1))
+        retry = double.request_bodies[1]
     assert results[0].status is PageStatus.ok and results[0].attempts == 2
-    assert results[0].sampling.repetition_penalty == 1.1
+    assert "repetition_penalty" not in retry and "frequency_penalty" not in retry and "presence_penalty" not in retry
+    assert retry["temperature"] == 0.0 and retry["seed"] == 42
+    assert results[0].sampling.repetition_penalty is None
 
 
 def test_empty_answer_on_an_inked_page_is_a_failure_but_blank_pages_are_not_sent(server):
