@@ -320,19 +320,21 @@ def _copy_outputs(storage, document_id: str, output_dir: Path, name: str, format
     other, as olmOCR's and marker's output folders hold them; one Dolma file per document, so parallel
     documents never append to one file."""
     from medkg_pdf import exporters, storage_keys
+    from medkg_pdf.defs.documents.exports import stored_page_sizes
     from medkg_pdf.schemas import SourceInfo, StructuredDocument
 
     output_dir.mkdir(parents=True, exist_ok=True)
     copied = {"md": storage_keys.structured_markdown, "json": storage_keys.structured_json}
+    document: StructuredDocument | None = None  # read once, for whichever exports are asked
     written = []
     for fmt in formats:
         target = output_dir / f"{name}{OUTPUT_SUFFIXES[fmt]}"
         if fmt in copied:
             target.write_bytes(storage.read_bytes(copied[fmt](document_id)))
         else:
-            document = storage.read_model(storage_keys.structured_json(document_id), StructuredDocument)
+            document = document or storage.read_model(storage_keys.structured_json(document_id), StructuredDocument)
             if fmt == "docling":
-                sizes = exporters.pdf_page_sizes(storage.read_bytes(storage_keys.source_pdf(document_id)))
+                sizes = stored_page_sizes(storage, document_id)
                 target.write_text(exporters.docling_document(document, sizes, name=name).model_dump_json())
             else:
                 info = storage.read_model(storage_keys.source_info(document_id), SourceInfo)
