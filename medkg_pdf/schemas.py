@@ -39,6 +39,7 @@ class SourceRef(Stored, Record):
     name: str  # original file name, for people
     etag: str | None = None
     arrived_at: datetime = Field(default_factory=utc_now)
+    pages: list[int] | None = None  # 1-based pages of the source this document is made of (`--pages`); None: all
 
 
 class QuarantineRecord(Stored):
@@ -218,6 +219,8 @@ class StructuredDocument(Stored, Record):
     prompt_version: str
     sections: list[Section]
     failed_pages: list[int] = []  # 1-based pages whose parse was not usable
+    # page n of this document is page source_pages[n-1] of the source PDF; None: the whole PDF, in order
+    source_pages: list[int] | None = None
 
     def blocks(self) -> list[Block]:
         return [block for section in self.sections for block in section.blocks]

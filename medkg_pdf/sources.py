@@ -9,15 +9,17 @@ from urllib.parse import quote, unquote, urlparse
 
 from medkg_pdf import storage_keys
 from medkg_pdf.document_ids import document_id
+from medkg_pdf.page_selection import pages_label
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import SourceRef
 from medkg_pdf.validation import MAX_PDF_BYTES, check_size
 
 
-def file_ref(path: Path) -> SourceRef:
+def file_ref(path: Path, pages: tuple[int, ...] | None = None) -> SourceRef:
     """A local file is identified by its content, so the same bytes always get the same id.
 
     A file over the size limit is not read at all (it will be refused): its path and size stand in.
+    A page selection is a document of its own: the range is part of its name and identity.
     """
     path = path.resolve()
     size = path.stat().st_size
@@ -29,14 +31,26 @@ def file_ref(path: Path) -> SourceRef:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
         identity = digest.hexdigest()
-    return SourceRef(document_id=document_id(path.name, identity), uri=path.as_uri(), name=path.name)
+    return SourceRef(document_id=document_id(*_selected(path.name, identity, pages)), uri=path.as_uri(), name=path.name, pages=_listed(pages))
 
 
-def s3_ref(bucket: str, key: str, etag: str | None = None, arrived_at=None) -> SourceRef:
+def _selected(name: str, identity: str, pages: tuple[int, ...] | None) -> tuple[str, str]:
+    if not pages:
+        return name, identity
+    label = pages_label(pages)
+    return f"{re.sub(r'(?i)[.]pdf$', '', name)} pages {label}", f"{identity}:pages={label}"
+
+
+def _listed(pages: tuple[int, ...] | None) -> list[int] | None:
+    return list(pages) if pages else None
+
+
+def s3_ref(bucket: str, key: str, etag: str | None = None, arrived_at=None, pages: tuple[int, ...] | None = None) -> SourceRef:
     """An S3 object is identified by bucket and key: a re-upload is the same document, updated."""
     extra = {"arrived_at": arrived_at} if arrived_at is not None else {}
     return SourceRef(
-        document_id=document_id(key, f"s3://{bucket}/{key}"),
+        document_id=document_id(*_selected(key, f"s3://{bucket}/{key}", pages)),
+        pages=_listed(pages),
         uri=f"s3://{bucket}/{quote(key, safe='/')}",  # quoted: keys may hold spaces, ? or #
         name=key.rsplit("/", 1)[-1][:255],
         etag=etag,

@@ -47,12 +47,16 @@ def test_run_json_reports_each_document_and_a_bad_file_never_stops_the_others(tm
     assert lines[2]["gates_missed"][0] == f"match score {lines[2]['quality']:.3f} < 0.95"  # the test server transcribes nothing
 
 
-def test_run_exits_zero_when_every_document_succeeds(tmp_path, env):
+def test_run_exits_zero_when_every_document_succeeds_and_strict_counts_a_missed_quality_gate(tmp_path, env):
+    """The test server transcribes nothing, so the document is under the match-score gate: reported by
+    default (as olmOCR and marker report and go on), exit 1 with --strict (as the daemon's blocking checks)."""
     pdf = tmp_path / "ok.pdf"
     pdf.write_bytes(pdf_factory.text_pdf(["Aspirin 81 mg"], pages=1))
     result = medkg(["run", str(pdf), "--data-dir", str(tmp_path / "d")], env)
+    strict = medkg(["run", str(pdf), "--strict", "--data-dir", str(tmp_path / "d")], env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "ok" in result.stdout and "1/1 pages" in result.stdout
+    assert "ok" in result.stdout and "1/1 pages" in result.stdout and "UNDER A QUALITY GATE: match score" in result.stdout
+    assert strict.returncode == 1 and "UNDER A QUALITY GATE" in strict.stdout
 
 
 def test_run_takes_directories_globs_and_list_files_and_writes_one_md_and_json_per_source(tmp_path, env):
@@ -209,3 +213,40 @@ def test_definitions_have_the_whole_chain():
     assert defs.resolve_assets_def("page_images") is defs.resolve_assets_def("vlm_page_parses")  # one step: pages sent as rendered
     for key in ("source_pdf", "vlm_page_parses", "structured_document", "baseline_parse", "parse_quality"):
         assert defs.resolve_assets_def(key).backfill_policy.max_partitions_per_run == 1  # one document per run
+
+
+def test_pages_makes_a_document_of_those_pages_alone_with_its_own_id(tmp_path, env):
+    """`--pages 2-3,5`: only those pages are drawn and sent; the result says which source pages it holds,
+    and a later run of the whole PDF is another document (neither is ever taken for the other)."""
+    import pymupdf
+
+    pdf = tmp_path / "chart.pdf"
+    pdf.write_bytes(pdf_factory.many_pages_pdf(6))
+    data = tmp_path / "d"
+
+    part = medkg(["run", str(pdf), "--pages", "2-3,5", "--json", "--data-dir", str(data)], env)
+    whole = medkg(["run", str(pdf), "--json", "--data-dir", str(data)], env)
+
+    assert part.returncode == 0 and whole.returncode == 0, part.stdout + part.stderr + whole.stderr
+    part_line, whole_line = json.loads(part.stdout), json.loads(whole.stdout)
+    assert part_line["document_id"].startswith("chart-pages-2-3-5-") and part_line["pages"] == 3
+    assert part_line["source_pages"] == [2, 3, 5] and whole_line["source_pages"] is None
+    assert whole_line["pages"] == 6 and whole_line["document_id"] != part_line["document_id"]
+    document = json.loads(Path(part_line["output"].removeprefix("file://")).read_text())
+    assert document["page_count"] == 3 and document["source_pages"] == [2, 3, 5]
+    assert json.loads(Path(whole_line["output"].removeprefix("file://")).read_text())["source_pages"] is None
+    [stored] = data.rglob(f"{part_line['document_id']}/source.pdf")
+    with pymupdf.open(stored) as doc:
+        assert [page.get_text().strip() for page in doc] == [f"Chart page {n} of 6" for n in (2, 3, 5)]
+
+
+def test_pages_past_the_end_fail_that_document_saying_so_and_a_bad_range_is_refused(tmp_path, env):
+    pdf = tmp_path / "short.pdf"
+    pdf.write_bytes(pdf_factory.many_pages_pdf(3))
+
+    past = medkg(["run", str(pdf), "--pages", "2-4,9", "--json", "--data-dir", str(tmp_path / "d")], env)
+    bad = medkg(["run", str(pdf), "--pages", "5-2", "--data-dir", str(tmp_path / "d")], env)
+
+    assert past.returncode == 1
+    assert "pages 4,9 were asked for, but the PDF has 3 pages" in json.loads(past.stdout)["error"]
+    assert bad.returncode == 2 and "--pages" in bad.stderr and "5-2" in bad.stderr

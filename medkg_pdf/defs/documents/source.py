@@ -9,6 +9,7 @@ from medkg_pdf import storage_keys
 from medkg_pdf.defs.document_steps import DocumentError, require, run_document
 from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
+from medkg_pdf.page_selection import pages_label, select_pages
 from medkg_pdf.schemas import SourceInfo, SourceRef
 from medkg_pdf.sources import SourceReadError, read_source
 from medkg_pdf.validation import MAX_PDF_BYTES, InvalidPdfError, validate_pdf
@@ -40,6 +41,9 @@ def source_pdf(
         try:
             data = read_source(ref, s3_client, config.max_bytes)
             valid = validate_pdf(data, max_pages=config.max_pages, max_bytes=config.max_bytes)
+            if ref.pages:  # a page range: the stored PDF holds those pages alone, and is checked as such
+                data = select_pages(data, ref.pages)
+                valid = validate_pdf(data, max_pages=config.max_pages, max_bytes=max(config.max_bytes, len(data)))
         except InvalidPdfError as error:
             raise DocumentError(f"{ref.name}: {error}", reason=error.reason) from None
         except SourceReadError as error:
@@ -63,6 +67,7 @@ def source_pdf(
             "sha256": valid.sha256,
             "bytes": valid.bytes,
             "page_count": valid.page_count,
+            "source_pages": pages_label(ref.pages) if ref.pages else "all",
             "pages_with_text_layer": sum(valid.pages_with_text),
             "source_uri": MetadataValue.url(ref.uri) if ref.uri.startswith("s3://") else ref.uri,
             "source_etag": ref.etag or "",

@@ -6,6 +6,7 @@ from dagster import AssetExecutionContext, MaterializeResult
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.document_steps import current_source, require_version, run_document
 from medkg_pdf.markdown_blocks import markdown_to_blocks
+from medkg_pdf.page_selection import pages_label
 from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import Block, PageImages, PageParse, PageParses, Section, StructuredDocument
@@ -89,12 +90,13 @@ def to_markdown(document: StructuredDocument) -> str:
 )
 def structured_document(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
     def assemble(document_id: str) -> dict:
-        sha256 = current_source(storage, document_id).sha256
+        info = current_source(storage, document_id)
+        sha256 = info.sha256
         parses = require_version(storage, storage_keys.page_parses(document_id), PageParses, "the page parses", sha256)
         images = storage.read_model_or_none(storage_keys.page_images(document_id), PageImages)
         if images is not None and images.sha256 != sha256:
             images = None
-        document = build_document(parses, images)
+        document = build_document(parses, images).model_copy(update={"source_pages": info.source.pages})
         storage.write_model(storage_keys.structured_json(document_id), document)
         storage.write_text(storage_keys.structured_markdown(document_id), to_markdown(document))
         kinds: dict[str, int] = {}
@@ -103,6 +105,7 @@ def structured_document(context: AssetExecutionContext, storage: DocumentStorage
         return {
             "title": document.title or "",
             "pages": document.page_count,
+            "source_pages": pages_label(info.source.pages) if info.source.pages else "all",
             "sections": len(document.sections),
             "blocks": kinds,
             "failed_pages": document.failed_pages,
