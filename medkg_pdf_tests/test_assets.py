@@ -231,3 +231,26 @@ def test_a_run_against_a_down_server_fails_within_seconds_naming_it(tmp_path, st
     assert failure.step_key == "page_images_and_parses"
     assert url in failure.event_specific_data.error.message and "unreachable" in failure.event_specific_data.error.message
     assert storage.read_model(storage_keys.quarantine(doc_id), QuarantineRecord).retryable
+
+
+def test_a_dose_table_that_repeats_on_the_page_is_kept_and_a_loop_beyond_it_fails(tmp_path, storage, instance):
+    """A repetitive answer is checked against the page's own text layer (numbers exactly) instead of
+    being penalised: rows the page really repeats are accepted at once; the same rows repeated past
+    what the page holds are a loop, asked once more with the same sampling, then the page fails."""
+    rows = ["Amoxicillin 500 mg every 8 hours"] * 14
+    table = "\n".join(f"| {row} |" for row in rows)
+    pdf = write(tmp_path, "doses.pdf", pdf_factory.text_pdf(rows, pages=1))
+    loop = write(tmp_path, "loop.pdf", pdf_factory.text_pdf(rows[:3], pages=1))
+    (doses_id, loop_id) = register_files(storage, instance, [pdf, loop])
+
+    with VllmDouble(model=MODEL, answer=lambda png, body: table) as server:
+        kept = run_chain(instance, storage, vllm_for(server.url), doses_id)
+        calls_for_kept = server.requests
+        looped = run_chain(instance, storage, vllm_for(server.url), loop_id)
+
+    assert kept.success and calls_for_kept == 1
+    [page] = storage.read_model(storage_keys.page_parses(doses_id), PageParses).pages
+    assert page.status is PageStatus.ok and page.markdown.count("500 mg") == 14
+    assert not looped.success and server.requests == calls_for_kept + 2
+    record = storage.read_model(storage_keys.quarantine(loop_id), QuarantineRecord)
+    assert "repetition" in record.message and not record.retryable

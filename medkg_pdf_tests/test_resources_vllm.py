@@ -351,3 +351,19 @@ def test_breaker_half_opens_after_recovery_and_closes_after_two_successes():
     breaker.record_success()
     breaker.record_success()
     assert changes == [BreakerState.open, BreakerState.half_open, BreakerState.closed]
+
+
+def test_a_repetitive_answer_is_accepted_only_when_the_pages_text_layer_holds_its_numbers_as_often():
+    """The numbers are checked against the text layer, not penalised: 12 rows of '5 mg' on a page that
+    has 12 are content; the same answer on a page with 3 (or with no usable text layer) is a loop."""
+    answer = "Dosing\n" + "\n".join("| Warfarin | 5 mg | once daily |" for _ in range(12))
+    layer_of = {0: "Dosing\n" + "Warfarin 5 mg once daily\n" * 12, 1: "Dosing\n" + "Warfarin 5 mg once daily\n" * 3, 2: None}
+    requests = [
+        PageRequest(document_id="doc-0123456789", page_index=i, cache_key=f"k{i}", load_png=lambda i=i: make_png(56, 56, i),
+                    load_text_layer=lambda i=i: layer_of[i])  # fmt: skip
+        for i in range(3)
+    ]
+    with VllmDouble(model=MODEL, answer=lambda png, body: answer) as double:
+        results, _ = parse(client(double.url), requests)
+    assert [r.status for r in results] == [PageStatus.ok, PageStatus.repetition, PageStatus.repetition]
+    assert [r.attempts for r in results] == [1, 2, 2]

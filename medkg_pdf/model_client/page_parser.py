@@ -14,12 +14,14 @@ import io
 import json
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import pymupdf
 
 from medkg_pdf.chat_contract import page_messages, png_size
+from medkg_pdf.metrics import numeric_tokens, words
 from medkg_pdf.model_client.errors import PageFailure, RetryableError
 from medkg_pdf.profiles import InvalidAnswerError, ModelProfile, get_profile
 from medkg_pdf.schemas import PageParse, PageStatus, SamplingParams
@@ -37,6 +39,8 @@ class PageRequest:
     load_png: Callable[[], bytes] | None = None
     blank: bool = False
     png: bytes | None = None
+    # the page's own text layer when it is judged usable, else None; read only if an answer looks like a loop
+    load_text_layer: Callable[[], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,18 @@ def looks_repetitive(text: str, window: int = 800, max_period: int = 200, min_re
     return len(lines) >= 12 and any(lines.count(line) >= 10 and len(line) >= 8 for line in set(lines[-40:]))
 
 
+def repeats_the_page(answer: str, text_layer: str, min_word_share: float = 0.9) -> bool:
+    """A repetitive answer is the page's own content when the page's text layer holds every number as
+    many times as the answer does (a dose table repeats "5 mg" row after row; a loop repeats it past
+    what the page has) and nearly all of its words; numbers are checked exactly, not penalised."""
+    numbers, layer_numbers = Counter(numeric_tokens(answer)), Counter(numeric_tokens(text_layer))
+    if any(count > layer_numbers[number] for number, count in numbers.items()):
+        return False
+    said, layer_words = Counter(words(_table_structure_removed(answer))), Counter(words(text_layer))
+    total = sum(said.values())
+    return total > 0 and sum(min(count, layer_words[word]) for word, count in said.items()) >= min_word_share * total
+
+
 def judge(answer: dict[str, Any], max_tokens: int) -> tuple[PageStatus, str | None]:
     """A 200 is not yet a page: a cut, looping or empty answer gets its own status (and remedy)."""
     text = answer["text"]
@@ -204,6 +220,8 @@ class PageParser:
                 status, error = exc.status, self.redact(str(exc))
                 break
             status, error = judge(answer, sampling.max_tokens)
+            if status is PageStatus.repetition and answer.get("finish_reason") != "length" and await self.page_repeats_itself(page, answer["text"]):
+                status, error = PageStatus.ok, None  # the page's text layer repeats it too: content, not a loop
             if status in (PageStatus.truncated, PageStatus.repetition):
                 # asked once more with the same deterministic sampling (a loop can come from batching on the
                 # server); no repetition/frequency penalty: it would push the model off the repeated numbers
@@ -256,6 +274,12 @@ class PageParser:
             attempts=attempts,
             finish_reason=answer.get("finish_reason"),
         )
+
+    async def page_repeats_itself(self, page: PageRequest, text: str) -> bool:
+        if page.load_text_layer is None:
+            return False
+        layer = await asyncio.to_thread(page.load_text_layer)
+        return bool(layer) and repeats_the_page(text, layer)
 
     def size_for_model(self, png: bytes, width: int, height: int) -> tuple[bytes, int, int]:
         """The profile's size, then small enough for the context; the PNG is re-encoded at most once per step."""

@@ -9,6 +9,7 @@ page images of the same PDF instead of rendering them again.
 """
 
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,7 @@ from medkg_pdf.defs.document_steps import (
     require_version,
     the_document,
 )
+from medkg_pdf.defs.documents.text_layer import usable_page_text
 from medkg_pdf.rendering import RenderConfig, iter_rendered
 from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.quality import QualityTargets
@@ -141,6 +143,10 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
     fresh: set[int] = set()
     started = time.perf_counter()
 
+    @functools.cache
+    def source_bytes() -> bytes:  # read only when an answer looks like a loop, then kept for the step's other pages
+        return storage.read_bytes(info.stored_at)
+
     def pages() -> Iterator[tuple[PageImage, bytes | None]]:
         if manifest is not None:
             yield from ((image, None) for image in manifest.pages)
@@ -173,6 +179,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
                 load_png=lambda k=image.key: storage.read_bytes(k),
                 blank=image.blank,
                 png=png,
+                load_text_layer=lambda i=image.index: usable_page_text(source_bytes(), i),
             )
 
     def store(parse: PageParse) -> None:

@@ -6,26 +6,33 @@ import pymupdf
 from dagster import AssetExecutionContext, MaterializeResult
 
 from medkg_pdf import storage_keys
-from medkg_pdf.text_layer_judge import judge_page
+from medkg_pdf.text_layer_judge import USABLE, judge_page
 from medkg_pdf.defs.document_steps import current_source, run_document
 from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import BaselinePage, BaselineParse
 
 
+def baseline_page(page: pymupdf.Page) -> BaselinePage:
+    # sorted blocks: reading order top-left to bottom-right, as a person reads. The text page's
+    # own extractText is ~40x faster than get_text("text", sort=True), which also pads a layout
+    # with spaces that no metric here uses (and holds the GIL all along).
+    text = page.get_textpage().extractText(sort=True).strip()
+    judged = judge_page(page, text)
+    return BaselinePage(index=page.number, has_text_layer=bool(text), text=text, verdict=judged.verdict, reason=judged.reason)
+
+
 def extract_baseline(pdf: bytes, document_id: str, sha256: str) -> BaselineParse:
-    pages = []
     with pymupdf.open(stream=pdf, filetype="pdf") as doc:
-        for page in doc:
-            # sorted blocks: reading order top-left to bottom-right, as a person reads. The text page's
-            # own extractText is ~40x faster than get_text("text", sort=True), which also pads a layout
-            # with spaces that no metric here uses (and holds the GIL all along).
-            text = page.get_textpage().extractText(sort=True).strip()
-            judged = judge_page(page, text)
-            pages.append(
-                BaselinePage(index=page.number, has_text_layer=bool(text), text=text, verdict=judged.verdict, reason=judged.reason)
-            )
+        pages = [baseline_page(page) for page in doc]
     return BaselineParse(document_id=document_id, sha256=sha256, pages=pages)
+
+
+def usable_page_text(pdf: bytes, index: int) -> str | None:
+    """One page's text layer, only when it is judged usable (the evidence a repetitive answer is checked against)."""
+    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
+        page = baseline_page(doc[index])
+    return page.text if page.verdict == USABLE else None
 
 
 @document_asset(
