@@ -1,7 +1,14 @@
 """Span-aware tables: every value stays under its header (issue 14)."""
 
+import pytest
+
+from medkg_pdf import storage_keys
 from medkg_pdf.markdown_blocks import markdown_to_blocks
 from medkg_pdf.metrics import table_cell_agreement
+from medkg_pdf.schemas import StructuredDocument
+from medkg_pdf_tests.support import pdf_factory
+from medkg_pdf_tests.support.chain import register_files, run_chain, vllm_for
+from medkg_pdf_tests.support.vllm_double import VllmDouble
 
 ROWSPAN = """<table>
 <thead><tr><th>Drug</th><th>Population</th><th>Dose</th></tr></thead>
@@ -82,3 +89,37 @@ def test_bad_span_attributes_are_clamped():
     block = _table('<table><tr><td rowspan="0">a</td><td colspan="x">b</td><td rowspan="9">c</td></tr></table>')
     assert block.rows == [["a", "b", "c"]]
     assert block.spans is None
+
+
+# The same spanned dose table as each model family answers it (recorded shapes: Qwen2.5-VL's plain
+# HTML, olmOCR-2's YAML front matter before its HTML, DeepSeek-OCR's grounded table region).
+OLMOCR_FRONT = "---\nprimary_language: en\nis_rotation_valid: true\nrotation_correction: 0\nis_table: true\nis_diagram: false\n---\n"
+ANSWERS = {
+    "Qwen/Qwen2.5-VL-7B-Instruct": "## Dosing\n\n" + ROWSPAN,
+    "allenai/olmOCR-2-7B-1025": OLMOCR_FRONT + "## Dosing\n\n" + ROWSPAN,
+    "deepseek-ai/DeepSeek-OCR": "<|ref|>sub_title<|/ref|><|det|>[[80, 40, 920, 90]]<|/det|>\nDosing\n\n"
+    "<|ref|>table<|/ref|><|det|>[[80, 120, 920, 400]]<|/det|>\n" + ROWSPAN.replace("\n", "") + "\n",
+}
+
+
+@pytest.mark.parametrize("model", sorted(ANSWERS))
+def test_a_spanned_dose_table_lands_under_the_right_headers_through_the_chain_for_each_model_family(
+    model, tmp_path, storage, instance
+):
+    pdf = tmp_path / "dosing.pdf"
+    pdf.write_bytes(pdf_factory.text_pdf(["Dosing", "Drug Population Dose", "Amoxicillin Adult 500 mg", "Child 25 mg/kg",
+                                          "Cefalexin Adult 250 mg"]))  # fmt: skip
+    (doc_id,) = register_files(storage, instance, [pdf])
+    with VllmDouble(model=model, answer=lambda png, body: ANSWERS[model]) as server:
+        assert run_chain(instance, storage, vllm_for(server.url, model=model), doc_id).success
+
+    document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
+    [table] = [block for block in document.blocks() if block.kind == "table"]
+    header, *body = table.rows
+    rows = [dict(zip(header, row)) for row in body]
+    assert [(row["Drug"], row["Population"], row["Dose"]) for row in rows] == [
+        ("Amoxicillin", "Adult", "500 mg"), ("Amoxicillin", "Child", "25 mg/kg"), ("Cefalexin", "Adult", "250 mg")
+    ]  # fmt: skip
+    assert table.spans == [[1, 0, 2, 1]] and table.header_rows == 1
+    if model.startswith("deepseek"):
+        assert table.bbox is not None  # the region's box, in PDF points
