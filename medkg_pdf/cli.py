@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import glob
 import json
 import os
@@ -451,12 +452,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args.data_dir)
     started = time.perf_counter()
     paths = write_samples(data_dir / "samples")
-    print(f"medkg-pdf demo: {len(paths)} generated sample PDFs in {data_dir / 'samples'}", flush=True)
-    results = process_files(paths, data_dir, json_lines=False)
+    say = functools.partial(print, file=sys.stderr if args.json else sys.stdout, flush=True)  # --json: stdout is JSON lines only
+    say(f"medkg-pdf demo: {len(paths)} generated sample PDFs in {data_dir / 'samples'}")
+    results = process_files(paths, data_dir, json_lines=args.json, progress=not args.json and sys.stderr.isatty())
     ok = sum(r["status"] == "ok" for r in results)
     pages = sum(r["pages"] or 0 for r in results)
     report = build_report(data_dir)
-    print(
+    say(
         f"\n{ok}/{len(results)} documents ok, {pages} pages, {time.perf_counter() - started:.1f} s in all.\n"
         f"Outputs: {data_dir / 'documents'}\n"
         f"Quality report (tables and plots): {report}\n"
@@ -535,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="generate sample medical PDFs and run the whole chain on them")
     demo.add_argument("--data-dir", help=DATA_DIR_HELP)
+    demo.add_argument("--json", action="store_true", help="only one JSON object per document on stdout (the rest on stderr)")
     demo.set_defaults(func=cmd_demo)
     run = sub.add_parser(
         "run",

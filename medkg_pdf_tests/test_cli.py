@@ -250,3 +250,10 @@ def test_pages_past_the_end_fail_that_document_saying_so_and_a_bad_range_is_refu
     assert past.returncode == 1
     assert "pages 4,9 were asked for, but the PDF has 3 pages" in json.loads(past.stdout)["error"]
     assert bad.returncode == 2 and "--pages" in bad.stderr and "5-2" in bad.stderr
+
+
+def test_demo_follows_the_same_conventions_json_lines_only_on_stdout(tmp_path, env):
+    result = medkg(["demo", "--json", "--data-dir", str(tmp_path / "d")], env)
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]  # every stdout line is a JSON object
+    assert sorted(line["source"] for line in lines) == sorted(path.name for path in (tmp_path / "d" / "samples").iterdir())
+    assert "generated sample PDFs" in result.stderr and "Quality report" in result.stderr
