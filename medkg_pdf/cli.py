@@ -61,18 +61,9 @@ def _instance(data_dir: Path, *, workers: int = 1):
     return threaded_instance(os.environ["DAGSTER_HOME"], workers)
 
 
-def gates_missed(quality, targets) -> list[str]:
-    """The blocking quality gates a scored document is under (none judged without a baseline)."""
-    missed = []
-    for name, value, minimum in (("match score", quality.match_score, targets.min_match_score),
-                                 ("numeric recall", quality.numeric_recall, targets.min_numeric_recall)):  # fmt: skip
-        if value is not None and value < minimum:
-            missed.append(f"{name} {value:.3f} < {minimum:g}")
-    return missed
-
-
 def _document_summary(storage, document_id: str, run_ok: bool, run_error: str | None, targets=None) -> dict[str, Any]:
     from medkg_pdf import storage_keys
+    from medkg_pdf.quality_gates import gates_missed
     from medkg_pdf.schemas import QuarantineRecord
     from medkg_pdf.schemas import DocumentQuality, PageParses, SourceRef
 

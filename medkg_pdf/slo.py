@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from medkg_pdf.metrics import nearest_rank
+from medkg_pdf.quality_gates import BLOCKING_GATES
 
 QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 
@@ -129,7 +130,8 @@ def _under_a_gate(frame: pd.DataFrame, targets: SloTargets | None) -> pd.Series:
     under = pd.Series(False, index=frame.index)
     if targets is None:
         return under
-    for column, minimum in (("match_score", targets.min_match_score), ("numeric_recall", targets.min_numeric_recall)):
+    for _, column, target in BLOCKING_GATES:
+        minimum = getattr(targets, target)
         if minimum is not None and column in frame:
             under |= pd.to_numeric(frame[column], errors="coerce") < minimum  # NaN (no baseline): not under
     return under
