@@ -36,14 +36,12 @@ from medkg_pdf import storage_keys
 from medkg_pdf.errors import DocumentError
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import PageImage
-from medkg_pdf.page_render import RenderError, claim, draw_checked, draw_page, render_helper
+from medkg_pdf.page_render import RenderError, RenderTarget, claim, draw_checked, draw_page, render_helper
 from medkg_pdf.validation import MAX_IMAGE_BYTES
 
 class RenderConfig(Config):
-    dpi: int = Field(
-        default=150,
-        description="Render resolution. 150 DPI keeps a letter page near 2.7k Qwen2.5-VL image tokens (28 px patches).",
-    )
+    """How pages are drawn; the size they are drawn at is the model profile's render target (`VLLMResource.render_target`)."""
+
     max_image_bytes: int = Field(default=MAX_IMAGE_BYTES, description="Larger PNGs are re-rendered smaller.")
     force: bool = Field(
         default=False,
@@ -73,10 +71,10 @@ class RenderedPage:
     image: PageImage
 
 
-def render_page(page: pymupdf.Page, key: str, dpi: int, max_bytes: int) -> RenderedPage:
-    """Render at `dpi`; if the PNG is over `max_bytes`, shrink until it fits (huge pages exist)."""
+def render_page(page: pymupdf.Page, key: str, target: RenderTarget, max_bytes: int) -> RenderedPage:
+    """Render scaled to `target`; if the PNG is over `max_bytes`, shrink until it fits (huge pages exist)."""
     try:
-        png, fields = draw_page(page, dpi, max_bytes)
+        png, fields = draw_page(page, target, max_bytes)
     except RenderError as error:
         raise DocumentError(str(error), reason=error.reason) from None
     return RenderedPage(png=png, image=PageImage(key=key, **fields))
@@ -88,24 +86,24 @@ CHUNK_PAGES = 8  # pages claimed at a time: small enough to balance, large enoug
 
 
 def render_pages(
-    doc: pymupdf.Document, storage: DocumentStorage, sha256: str, dpi: int, max_bytes: int, start: int, stop: int
+    doc: pymupdf.Document, storage: DocumentStorage, sha256: str, target: RenderTarget, max_bytes: int, start: int, stop: int
 ) -> Iterator[RenderedPage]:
     """Render pages [start, stop) of an open document one by one, each PNG written to storage before it is yielded."""
     for number in range(start, stop):
         try:
-            png, fields = draw_checked(doc, number, dpi, max_bytes)
+            png, fields = draw_checked(doc, number, target, max_bytes)
         except RenderError as error:
             raise DocumentError(str(error), reason=error.reason) from None
-        key = storage_keys.page_png(sha256, dpi, number)
+        key = storage_keys.page_png(sha256, target.label, number)
         storage.write_bytes(key, png)
         yield RenderedPage(png=png, image=PageImage(key=key, **fields))
 
 
 def render_range(
-    doc: pymupdf.Document, storage: DocumentStorage, sha256: str, dpi: int, max_bytes: int, start: int, stop: int
+    doc: pymupdf.Document, storage: DocumentStorage, sha256: str, target: RenderTarget, max_bytes: int, start: int, stop: int
 ) -> list[PageImage]:
     """Render pages [start, stop), keep only the records (the PNGs are in storage)."""
-    return [rendered.image for rendered in render_pages(doc, storage, sha256, dpi, max_bytes, start, stop)]
+    return [rendered.image for rendered in render_pages(doc, storage, sha256, target, max_bytes, start, stop)]
 
 
 def available_cores() -> int:
@@ -168,7 +166,7 @@ def render_context():
 
 
 def render_parallel(
-    data: bytes, sha256: str, config: RenderConfig, storage: DocumentStorage, processes: int
+    data: bytes, sha256: str, config: RenderConfig, storage: DocumentStorage, target: RenderTarget, processes: int
 ) -> Iterator[tuple[PageImage, bytes | None]]:
     """Render with this process plus `processes - 1` helpers, yielding each page as soon as it exists.
 
@@ -177,11 +175,11 @@ def render_parallel(
     holds at most one chunk per helper, so they wait while this process is behind. The caller has
     taken the `processes - 1` helpers from `HELPERS`.
     """
-    dpi, max_bytes = config.dpi, config.max_image_bytes
+    max_bytes = config.max_image_bytes
 
     def stored(pages: list) -> Iterator[tuple[PageImage, bytes]]:
         for png, fields in pages:
-            key = storage_keys.page_png(sha256, dpi, fields["index"])
+            key = storage_keys.page_png(sha256, target.label, fields["index"])
             storage.write_bytes(key, png)
             yield PageImage(key=key, **fields), png
 
@@ -197,7 +195,7 @@ def render_parallel(
             pdf_path = os.path.join(tmp, "source.pdf")
             with open(pdf_path, "wb") as handle:
                 handle.write(data)
-            args = (pdf_path, dpi, max_bytes, chunks, counter, results)
+            args = (pdf_path, target, max_bytes, chunks, counter, results)
 
             def start_helpers() -> None:
                 # in a thread: the first start boots the forkserver (a second or two), while this process renders
@@ -235,7 +233,7 @@ def render_parallel(
                 own = 0
                 while (index := claim(counter)) < len(chunks):
                     own += 1
-                    for rendered in render_pages(doc, storage, sha256, dpi, max_bytes, *chunks[index]):
+                    for rendered in render_pages(doc, storage, sha256, target, max_bytes, *chunks[index]):
                         yield rendered.image, rendered.png
                     while (done := helper_chunk(0.0)) is not None:  # hand on what the helpers finished meanwhile
                         yield from stored(done)
@@ -263,19 +261,19 @@ def render_parallel(
 
 
 def iter_rendered(
-    data: bytes, sha256: str, config: RenderConfig, storage: DocumentStorage, used: dict | None = None
+    data: bytes, sha256: str, config: RenderConfig, storage: DocumentStorage, target: RenderTarget, used: dict | None = None
 ) -> Iterator[tuple[PageImage, bytes | None]]:
-    """Every page of a PDF rendered and stored, in render order; one process or several by size and
-    by the helpers free in this process. `used["processes"]` says how many rendered it."""
+    """Every page of a PDF rendered to `target` and stored, in render order; one process or several by
+    size and by the helpers free in this process. `used["processes"]` says how many rendered it."""
     with pymupdf.open(stream=data, filetype="pdf") as doc:
         helpers = HELPERS.take(render_processes(config, doc.page_count) - 1)
         if used is not None:
             used["processes"] = 1 + helpers
         if helpers == 0:
-            for rendered in render_pages(doc, storage, sha256, config.dpi, config.max_image_bytes, 0, doc.page_count):
+            for rendered in render_pages(doc, storage, sha256, target, config.max_image_bytes, 0, doc.page_count):
                 yield rendered.image, rendered.png
             return
     try:
-        yield from render_parallel(data, sha256, config, storage, 1 + helpers)
+        yield from render_parallel(data, sha256, config, storage, target, 1 + helpers)
     finally:
         HELPERS.give_back(helpers)

@@ -87,20 +87,25 @@ class PageImage(Record):
     key: str  # storage key of the PNG
     width: int
     height: int
-    dpi: float  # effective DPI after any downscale
+    dpi: float  # the scale drawn at, in pixels per inch (from the render target, then any shrink to fit the caps)
+    render_target: str | None = None  # the profile's image budget it was drawn for ("long-2000"); None: drawn at a fixed DPI
     png_bytes: int
     png_sha256: str | None = None  # content hash of the PNG (None in manifests written before it was recorded)
     width_pt: float | None = None  # the page's size in PDF points (1/72 in), as boxes are given
     height_pt: float | None = None
-    blank: bool
-    ink_ratio: float
+    blank: bool  # white paper (raw ink share under BLANK_INK_RATIO): not sent to the model
+    ink_ratio: float  # share of pixels darker than gray 200
+    near_blank: bool = False  # nothing but scan noise (specks, bleed-through, a grey cast): an empty answer is `blank`
+    content_ratio: float | None = None  # share of pixels that are content once scan noise is set aside
+    content_components: int | None = None  # marks left once specks are dropped
     rotation: int = 0
 
 
 class PageImages(Stored, Record):
     document_id: str
     sha256: str
-    dpi: int
+    dpi: int | None = None  # manifests drawn at a fixed DPI (before render targets)
+    render_target: str | None = None  # the image budget every page was drawn for (`RenderTarget.label`)
     pages: list[PageImage]
 
 

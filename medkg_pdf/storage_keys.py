@@ -64,8 +64,11 @@ def quarantine(document_id: str) -> str:
 CACHE_PREFIX = "cache"  # content-keyed work that a re-run may reuse and `medkg-pdf cache gc` may remove
 
 
-def page_png(sha256: str, dpi: int, page_index: int) -> str:
-    return f"{CACHE_PREFIX}/{sha256}/images/dpi-{dpi}/page-{page_index + 1:05d}.png"
+def page_png(sha256: str, render_target: str, page_index: int) -> str:
+    """A page's PNG, per render target (`RenderTarget.label`, e.g. "long-2000"): each model profile's budget its own image."""
+    if not re.fullmatch(r"(long|px)-\d+", render_target):
+        raise ValueError(f"not a render target label: {render_target[:60]!r}")
+    return f"{CACHE_PREFIX}/{sha256}/images/{render_target}/page-{page_index + 1:05d}.png"
 
 
 def page_parses_prefix(sha256: str) -> str:

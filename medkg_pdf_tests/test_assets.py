@@ -40,7 +40,7 @@ def test_chain_materializes_every_asset_and_writes_files(tmp_path, storage, inst
     assert materialized == {"source_pdf", "page_images", "vlm_page_parses", "structured_document", "baseline_parse", "parse_quality"}
     info = storage.read_model(storage_keys.source_info(doc_id), SourceInfo)
     assert info.page_count == 3 and info.pages_with_text == [True, True, True]
-    assert storage.read_bytes(storage_keys.page_png(info.sha256, 150, 0)).startswith(b"\x89PNG")
+    assert storage.read_bytes(storage_keys.page_png(info.sha256, vllm_for(double.url).render_target().label, 0)).startswith(b"\x89PNG")
     parses = storage.read_model(storage_keys.page_parses(doc_id), PageParses)
     assert [p.status for p in parses.pages] == [PageStatus.ok] * 3 and parses.model_calls == 3
     document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)

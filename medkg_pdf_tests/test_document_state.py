@@ -22,7 +22,8 @@ from dagster import AssetKey, AssetPartitionStatus, DagsterEventType, DagsterIns
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import document_assets
-from medkg_pdf.rendering import RenderConfig, render_page
+from medkg_pdf.profiles import get_profile
+from medkg_pdf.rendering import render_page
 from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
 from medkg_pdf.defs.partitions import documents
 from medkg_pdf.resources.quality import QualityTargets
@@ -41,7 +42,7 @@ MODEL = "medkg-embedded-ocr"
 def page_hashes(pdf: bytes) -> set[str]:
     """sha256 of each page image exactly as the pipeline renders and sends it."""
     with pymupdf.open(stream=pdf, filetype="pdf") as doc:
-        return {hashlib.sha256(render_page(page, "unused", RenderConfig().dpi, MAX_IMAGE_BYTES).png).hexdigest() for page in doc}
+        return {hashlib.sha256(render_page(page, "unused", get_profile(None, MODEL).render_target(), MAX_IMAGE_BYTES).png).hexdigest() for page in doc}
 
 
 class FlakyFor:

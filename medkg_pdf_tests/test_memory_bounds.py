@@ -7,6 +7,7 @@ import pymupdf
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents.pages import page_parses_json, page_summary
+from medkg_pdf.page_render import RenderTarget
 from medkg_pdf.rendering import HELPERS, RenderConfig, available_cores, iter_rendered
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.schemas import PageParse, PageParses, PageStatus, Region, SamplingParams
@@ -46,12 +47,12 @@ def test_render_helpers_are_a_budget_of_the_process(tmp_path):
         doc.new_page().insert_text((72, 72), f"Page {number + 1}: 5 mg", fontsize=12)
     data = doc.tobytes()
     storage = LocalStorage(root=str(tmp_path))
-    config = RenderConfig(workers=available_cores() + 2, parallel_min_pages=1, dpi=50)  # each wants more than there are
+    config = RenderConfig(workers=available_cores() + 2, parallel_min_pages=1)  # each wants more than there are
     used = [{}, {}]
     both_started = threading.Barrier(2)
 
     def render(slot: int) -> None:
-        pages = iter_rendered(data, f"{slot:064x}", config, storage, used[slot])
+        pages = iter_rendered(data, f"{slot:064x}", config, storage, RenderTarget(longest_side=550), used[slot])
         next(pages)  # helpers taken
         both_started.wait(timeout=30)
         for _ in pages:

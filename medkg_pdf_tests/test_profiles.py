@@ -150,7 +150,7 @@ def test_olmocr_reported_rotation_turns_the_page_and_asks_once_more():
 
 
 def test_profile_is_part_of_the_cache_key():
-    keys = {vllm_for("http://x", model=DEEPSEEK, profile=name).cache_key("sha", 0, 150) for name in PROFILES}
+    keys = {vllm_for("http://x", model=DEEPSEEK, profile=name).cache_key("sha", 0, "long-2000") for name in PROFILES}
     assert len(keys) == len(PROFILES)
 
 

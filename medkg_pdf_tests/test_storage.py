@@ -114,7 +114,7 @@ def test_the_lifecycle_rule_expires_the_page_cache_and_nothing_else():
     rules = json.loads((REPO / "deploy/aws/store-lifecycle.json").read_text())["Rules"]
     (rule,) = rules
     storage = S3Storage(s3=S3Resource(region_name="us-east-1"), bucket="store", prefix="STORE_PREFIX")
-    cached = [storage._object_key(storage_keys.page_png("a" * 64, 150, 0)), storage._object_key(storage_keys.page_parse("a" * 64, 0, "k"))]
+    cached = [storage._object_key(storage_keys.page_png("a" * 64, "long-2000", 0)), storage._object_key(storage_keys.page_parse("a" * 64, 0, "k"))]
     kept = [storage._object_key(storage_keys.structured_json("doc-0123456789")), storage._object_key(storage_keys.source_ref("doc-0123456789"))]
     assert rule["Status"] == "Enabled" and all(key.startswith(rule["Filter"]["Prefix"]) for key in cached)
     assert not any(key.startswith(rule["Filter"]["Prefix"]) for key in kept)

@@ -37,7 +37,8 @@ class PageRequest:
     page_index: int
     cache_key: str
     load_png: Callable[[], bytes] | None = None
-    blank: bool = False
+    blank: bool = False  # white paper: answered `blank` without asking
+    near_blank: bool = False  # only scan noise on it: asked, and an empty answer is `blank`, not a failure
     png: bytes | None = None
     # the page's own text layer when it is judged usable, else None; read only if an answer looks like a loop
     load_text_layer: Callable[[], str | None] | None = None
@@ -61,14 +62,14 @@ class PageRecipe:
         chosen = get_profile(profile, model)
         return cls(model, chosen, chosen.prompt, chosen.prompt_version, SamplingParams(max_tokens=chosen.max_tokens))
 
-    def cache_key(self, pdf_sha256: str, page_index: int, dpi: int, image_sha256: str | None = None) -> str:
+    def cache_key(self, pdf_sha256: str, page_index: int, render_target: str, image_sha256: str | None = None) -> str:
         """A stored answer is reused only when everything that decides it is the same: the image sent (the
         PNG's hash, and the profile's and context's sizing of it), the served model and its revision, the
         prompt's very text (a version label alone misses an edit) and the sampling."""
         identity = {
             "pdf": pdf_sha256,
             "page": page_index,
-            "dpi": dpi,
+            "render_target": render_target,
             "image_sha256": image_sha256,
             "model": self.model,
             "model_revision": self.model_revision,
@@ -229,6 +230,9 @@ class PageParser:
                 if round_ == 0:
                     continue
                 break
+            if status is PageStatus.empty and page.near_blank:  # specks and bleed-through: nothing to read
+                status, error = PageStatus.blank, None
+                break
             if status is PageStatus.empty and not asked_again:  # an empty answer is final only when it comes twice
                 asked_again = True
                 continue
@@ -247,6 +251,9 @@ class PageParser:
                 continue
             if not parsed.markdown.strip() and not parsed.regions:
                 status, error = PageStatus.empty, "the answer had no text after parsing"
+                if page.near_blank:
+                    status, error = PageStatus.blank, None
+                    break
                 if not asked_again:
                     asked_again, parsed = True, None
                     continue

@@ -42,6 +42,8 @@ def vllm_resource(environ: Mapping[str, str], *, default_model: str) -> VLLMReso
         settings["model_revision"] = environ["MEDKG_VLLM_MODEL_REVISION"]
     if environ.get("MEDKG_VLLM_PROFILE"):
         settings["profile"] = environ["MEDKG_VLLM_PROFILE"]
+    if environ.get("MEDKG_VLLM_RENDER_LONGEST_SIDE"):
+        settings["render_longest_side"] = int(environ["MEDKG_VLLM_RENDER_LONGEST_SIDE"])
     if environ.get("MEDKG_VLLM_MAX_MODEL_LEN"):
         settings["max_model_len"] = int(environ["MEDKG_VLLM_MAX_MODEL_LEN"])
     if environ.get("MEDKG_VLLM_API_KEY"):

@@ -35,6 +35,7 @@ from medkg_pdf.model_client import (
     url_password,
 )
 from medkg_pdf.model_client.breaker import shared_breaker
+from medkg_pdf.page_render import RenderTarget
 from medkg_pdf.profiles import ModelProfile, get_profile
 from medkg_pdf.schemas import SamplingParams
 
@@ -96,6 +97,12 @@ class VLLMResource(ConfigurableResource):
     max_tokens: int | None = Field(default=None, description="Completion budget; unset: the profile's max_tokens.")
     max_model_len: int | None = Field(default=None, description="Context length; unset: read from /v1/models, else 8192.")
     image_patch_px: int | None = Field(default=None, description="Override of the profile's patch size (px per token tile).")
+    render_longest_side: int | None = Field(
+        default=None,
+        ge=16,
+        description="Override of the profile's render target: every page drawn with this longest side in px, "
+        "scaled up or down (the profile's image budget still caps what is sent).",
+    )
     profile: str | None = Field(
         default=None, description="qwen2.5-vl | deepseek-ocr | olmocr-2 | embedded-ocr; unset: inferred from the model name."
     )
@@ -142,6 +149,12 @@ class VLLMResource(ConfigurableResource):
             profile = dataclasses.replace(profile, patch_px=self.image_patch_px)
         return profile
 
+    def render_target(self) -> RenderTarget:
+        """What every page is drawn to for this model: the profile's image budget, unless overridden."""
+        if self.render_longest_side is not None:
+            return RenderTarget(longest_side=self.render_longest_side)
+        return self.model_profile.render_target()
+
     @property
     def effective_prompt(self) -> str:
         return self.prompt or self.model_profile.prompt
@@ -165,8 +178,8 @@ class VLLMResource(ConfigurableResource):
             max_model_len=self.max_model_len,
         )
 
-    def cache_key(self, pdf_sha256: str, page_index: int, dpi: int, image_sha256: str | None = None) -> str:
-        return self.recipe().cache_key(pdf_sha256, page_index, dpi, image_sha256)
+    def cache_key(self, pdf_sha256: str, page_index: int, render_target: str, image_sha256: str | None = None) -> str:
+        return self.recipe().cache_key(pdf_sha256, page_index, render_target, image_sha256)
 
     @property
     def shown_url(self) -> str:

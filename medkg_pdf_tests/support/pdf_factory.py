@@ -252,3 +252,69 @@ __all__ = [
     "zero_byte",
     "zero_page_pdf",
 ]
+
+
+# ---------------------------------------------------------------------------------------
+# pages of the same text at two paper sizes, and scanned pages with no content but scan noise
+
+SMALL_PAGE = (180, 288)  # 2.5 x 4 inches: a leaflet, a label, a pocket card
+_SCAN_DPI = 150
+
+
+def miniature_pdf(letter_pdf: bytes, size: tuple[float, float] = SMALL_PAGE) -> bytes:
+    """The first page of a letter PDF printed at leaflet size: the same text and layout, every glyph
+    ~0.29x (11 pt type becomes ~3 pt), the text layer kept. At 150 DPI it is 375x600 px."""
+    src = pymupdf.open(stream=letter_pdf, filetype="pdf")
+    doc = pymupdf.open()
+    page = doc.new_page(width=size[0], height=size[1])
+    page.show_pdf_page(pymupdf.Rect(6, 6, size[0] - 6, size[1] - 6), src, 0)
+    return _save(doc)
+
+
+def _scan_page(doc: pymupdf.Document, gray: np.ndarray) -> None:
+    """A letter page holding one grayscale scan (no text layer), as a scanner's PDF does."""
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    pix = pymupdf.Pixmap(pymupdf.csGRAY, gray.shape[1], gray.shape[0], np.ascontiguousarray(gray).tobytes(), False)
+    page.insert_image(page.rect, stream=pix.tobytes("png"))
+
+
+def speckled_scan(seed: int = 14) -> np.ndarray:
+    """A blank sheet through a scanner: paper at ~246 with sensor noise, dust specks of 1-3 px (dark) and a
+    few dozen hairs of dirt. Its raw ink share (gray < 200) is ~0.002, ten times the old blank limit."""
+    rng = np.random.default_rng(seed)
+    height, width = round(LETTER[1] / 72 * _SCAN_DPI), round(LETTER[0] / 72 * _SCAN_DPI)
+    gray = rng.normal(246, 4, (height, width))
+    for _ in range(4000):  # dust: 1-2 px specks
+        y, x, s = rng.integers(0, height - 3), rng.integers(0, width - 3), rng.integers(1, 3)
+        gray[y : y + s, x : x + s] = rng.integers(40, 150)
+    return np.clip(gray, 0, 255).astype(np.uint8)
+
+
+def bleed_through_scan(seed: int = 14, lines: list[str] | None = None) -> np.ndarray:
+    """The blank back of a printed sheet on grey recycled paper: a grey cast (~205) with the front's text
+    showing through mirrored and faint (~15 % darker than the paper), plus speckle."""
+    text = pymupdf.open(stream=text_pdf(lines or [f"Line {n}: amoxicillin 500 mg every 8 hours" for n in range(40)]), filetype="pdf")
+    front = np.frombuffer(text[0].get_pixmap(dpi=_SCAN_DPI, colorspace=pymupdf.csGRAY).samples, np.uint8)
+    front = front.reshape(round(LETTER[1] / 72 * _SCAN_DPI), round(LETTER[0] / 72 * _SCAN_DPI))[:, ::-1]
+    back = speckled_scan(seed).astype(np.float64) - 41 - (255 - front.astype(np.float64)) * 0.12
+    return np.clip(back, 0, 255).astype(np.uint8)
+
+
+def scanned_pages_pdf(pages: list[np.ndarray | list[str]]) -> bytes:
+    """A PDF of scans (arrays) and born-digital text pages (lists of lines), in order."""
+    doc = pymupdf.open()
+    for page in pages:
+        if isinstance(page, np.ndarray):
+            _scan_page(doc, page)
+        else:
+            born = pymupdf.open(stream=text_pdf(page), filetype="pdf")
+            doc.insert_pdf(born)
+    return _save(doc)
+
+
+def footer_only_pdf(footer: str = "Page 2", fontsize: float = 9) -> bytes:
+    """A page with nothing on it but its page number, centred at the bottom: real content, however little."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=LETTER[0], height=LETTER[1])
+    page.insert_text((LETTER[0] / 2 - 14, LETTER[1] - 36), footer, fontname="helv", fontsize=fontsize)
+    return _save(doc)

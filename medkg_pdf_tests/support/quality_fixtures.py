@@ -19,7 +19,9 @@ from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, mat
 from dagster_aws.s3 import S3Resource
 
 from medkg_pdf.defs.documents import document_assets
-from medkg_pdf.rendering import RenderConfig, render_page
+from medkg_pdf.page_render import RenderTarget
+from medkg_pdf.profiles import get_profile
+from medkg_pdf.rendering import render_page
 from medkg_pdf.defs.documents import document_checks
 from medkg_pdf.resources.pushgateway import PushgatewayResource
 from medkg_pdf.resources.quality import QualityTargets
@@ -60,16 +62,16 @@ def drop_digits(text: str) -> str:
 class TextLayerModel:
     """Answers each known page image with its text (the text layer, or the text given for a scan)."""
 
-    def __init__(self, transform: Callable[[str], str] = lambda text: text, dpi: int = RenderConfig().dpi):
+    def __init__(self, transform: Callable[[str], str] = lambda text: text, target: RenderTarget | None = None):
         self.transform = transform
-        self.dpi = dpi
+        self.target = target or get_profile(None, MODEL).render_target()  # what the pipeline draws for MODEL
         self.pages: dict[str, str] = {}
         self.unknown_images = 0
 
     def learn(self, pdf: bytes, texts: list[str] | None = None) -> "TextLayerModel":
         with pymupdf.open(stream=pdf, filetype="pdf") as doc:
             for page in doc:
-                rendered = render_page(page, "unused", self.dpi, MAX_IMAGE_BYTES)
+                rendered = render_page(page, "unused", self.target, MAX_IMAGE_BYTES)
                 text = texts[page.number] if texts is not None else page.get_text("text", sort=True).strip()
                 self.pages[hashlib.sha256(rendered.png).hexdigest()] = text
         return self

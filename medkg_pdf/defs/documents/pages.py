@@ -26,6 +26,7 @@ from medkg_pdf.defs.document_steps import (
     the_document,
 )
 from medkg_pdf.defs.documents.text_layer import usable_page_text
+from medkg_pdf.page_render import RenderTarget
 from medkg_pdf.rendering import RenderConfig, iter_rendered
 from medkg_pdf.defs.partitions import document_backfill_policy, documents
 from medkg_pdf.resources.quality import QualityTargets
@@ -71,10 +72,10 @@ def page_parses_json(header: dict, pages: Iterable[PageParse]) -> Iterator[bytes
     yield b"]}"
 
 
-def reusable_manifest(storage: DocumentStorage, document_id: str, sha256: str, config: RenderConfig) -> PageImages | None:
-    """The stored page images of this very PDF at this DPI, when every PNG is still there."""
+def reusable_manifest(storage: DocumentStorage, document_id: str, sha256: str, target: RenderTarget) -> PageImages | None:
+    """The stored page images of this very PDF drawn for this render target, when every PNG is still there."""
     manifest = storage.read_model_or_none(storage_keys.page_images(document_id), PageImages)
-    if manifest is None or manifest.sha256 != sha256 or manifest.dpi != config.dpi:
+    if manifest is None or manifest.sha256 != sha256 or manifest.render_target != target.label:
         return None
     if not all(storage.exists(image.key) for image in manifest.pages):
         return None
@@ -100,7 +101,7 @@ def failed_pages_error(parses: list[PageParse], max_share: float) -> DocumentErr
     specs=[
         AssetSpec(key, deps=[upstream], group_name="documents", kinds={kind}, skippable=True, description=description)
         for key, upstream, kind, description in (
-            ("page_images", "source_pdf", "png", "One PNG per page at the configured DPI (each at most 10 MB), plus blank-page detection."),
+            ("page_images", "source_pdf", "png", "One PNG per page drawn to the model profile's image budget, whatever the page's size (each at most 10 MB), plus blank-page detection."),
             ("vlm_page_parses", "page_images", "json", "The VLM's markdown for every page (vLLM OpenAI API, temperature 0, seed 42), one JSON per page."),
         )
     ],
@@ -132,7 +133,8 @@ def page_images_and_parses(
 
 def _pages(context, document_id, render_wanted, parse_wanted, config, storage, vllm, quality_targets):
     info = current_source(storage, document_id)
-    manifest = reusable_manifest(storage, document_id, info.sha256, config)
+    target = vllm.render_target()  # the model's image budget, from the resource's config: pages are drawn to it
+    manifest = reusable_manifest(storage, document_id, info.sha256, target)
     if manifest is None and not render_wanted:
         require_version(storage, storage_keys.page_images(document_id), PageImages, "the page images", info.sha256)
     images: dict[int, PageImage] = {}
@@ -151,7 +153,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
         if manifest is not None:
             yield from ((image, None) for image in manifest.pages)
         else:
-            yield from iter_rendered(storage.read_bytes(info.stored_at), info.sha256, config, storage, rendered)
+            yield from iter_rendered(storage.read_bytes(info.stored_at), info.sha256, config, storage, target, rendered)
         rendered["done"] = True
 
     def requests() -> Iterator[PageRequest]:
@@ -163,7 +165,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
             images[image.index] = image
             if not parse_wanted:
                 continue
-            key = vllm.cache_key(info.sha256, image.index, config.dpi, image.png_sha256)
+            key = vllm.cache_key(info.sha256, image.index, target.label, image.png_sha256)
             stored_at = storage_keys.page_parse(info.sha256, image.index, key)
             previous = storage.read_model_or_none(stored_at, PageParse) if stored_at in stored else None
             if previous is not None and previous.status.usable:
@@ -178,6 +180,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
                 cache_key=key,
                 load_png=lambda k=image.key: storage.read_bytes(k),
                 blank=image.blank,
+                near_blank=image.near_blank,
                 png=png,
                 load_text_layer=lambda i=image.index: usable_page_text(source_bytes(), i),
             )
@@ -207,7 +210,7 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
     if rendered["done"]:
         ordered = [images[index] for index in sorted(images)]
         if manifest is None:
-            manifest = PageImages(document_id=document_id, sha256=info.sha256, dpi=config.dpi, pages=ordered)
+            manifest = PageImages(document_id=document_id, sha256=info.sha256, render_target=target.label, pages=ordered)
             storage.write_model(storage_keys.page_images(document_id), manifest)
         if render_wanted:
             seconds = time.perf_counter() - started
@@ -216,8 +219,10 @@ def _pages(context, document_id, render_wanted, parse_wanted, config, storage, v
                 metadata={
                     "pages": len(ordered),
                     "blank_pages": sum(image.blank for image in ordered),
-                    "downscaled_pages": sum(image.dpi < config.dpi for image in ordered),
-                    "dpi": config.dpi,
+                    "near_blank_pages": sum(image.near_blank for image in ordered),
+                    "render_target": target.label,
+                    "dpi_min": min((image.dpi for image in ordered), default=0.0),
+                    "dpi_max": max((image.dpi for image in ordered), default=0.0),
                     "png_mb": round(sum(image.png_bytes for image in ordered) / 2**20, 2),
                     "reused_from_earlier_attempt": rendered["reused"],
                     "render_processes": rendered["processes"],
