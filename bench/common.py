@@ -258,7 +258,7 @@ PAGES_STEP = "page_images_and_parses"
 
 
 def pages_config(**render: Any) -> dict:
-    """Run config for the pages step's RenderConfig (dpi, workers, parallel_min_pages, ...), logs quiet."""
+    """Run config for the pages step's RenderConfig (workers, parallel_min_pages, ...), logs quiet."""
     return {"ops": {PAGES_STEP: {"config": render}}, **QUIET}
 
 
@@ -268,11 +268,11 @@ def unused_s3():
     return S3Resource(region_name="us-east-1")
 
 
-def unused_vllm():
+def unused_vllm(**settings):
     """The pages step needs a `vllm` resource even when only `page_images` is selected; nothing listens here."""
     from medkg_pdf.resources.vllm import VLLMResource
 
-    return VLLMResource(base_url="http://127.0.0.1:9")
+    return VLLMResource(base_url="http://127.0.0.1:9", **settings)
 
 
 def quality_targets():

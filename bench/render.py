@@ -63,6 +63,9 @@ from bench.common import (
 
 PAGES = 160
 DPI = 150
+# pages are drawn to the model profile's render target; a letter page's longest side (11 in) at 150 DPI
+# is the same scale, so both sides of the comparison draw the same pixels
+LETTER_AT_DPI = round(11 * DPI)
 REPEATS = 2
 COLD_SAMPLES = 2
 
@@ -73,7 +76,8 @@ def render_only(instance, storage, document_id: str, config: dict) -> dict:
     from medkg_pdf.defs.documents import page_images
 
     storage.delete(storage_keys.page_images(document_id))  # else the step reuses the stored page images
-    result = materialize([page_images], instance, {"storage": storage, "vllm": unused_vllm()}, partition_key=document_id,
+    vllm = unused_vllm(render_longest_side=LETTER_AT_DPI)
+    result = materialize([page_images], instance, {"storage": storage, "vllm": vllm}, partition_key=document_id,
                          selection=["page_images"], run_config=pages_config(**config))  # fmt: skip
     times = step_times(instance, result.run_id)[PAGES_STEP]
     (meta,) = [e.event_specific_data.materialization.metadata for e in result.get_asset_materialization_events()]
@@ -89,7 +93,7 @@ def cold_child(home: str, data: str, document_id: str) -> None:
     from bench.common import open_instance
     from medkg_pdf.resources.storage import LocalStorage
 
-    print(json.dumps(render_only(open_instance(Path(home)), LocalStorage(root=data), document_id, {"dpi": DPI})))
+    print(json.dumps(render_only(open_instance(Path(home)), LocalStorage(root=data), document_id, {})))
 
 
 def cold(home, data, document_id) -> dict:
@@ -156,7 +160,7 @@ def run(quick: bool = False) -> Section:
         materialize([source_pdf], instance, {"storage": storage, "inbox_s3": unused_s3()}, partition_key=ids[name])
 
     def asset(name: str, workers: int | None) -> dict:
-        config = {"dpi": DPI} if workers is None else {"dpi": DPI, "workers": workers}  # None: the default
+        config = {} if workers is None else {"workers": workers}  # None: the default
         return render_only(instance, stores[name], ids[name], config)
 
     samples: dict[str, list[float]] = {"raw1": [], "rawN": [], "asset1": [], "assetN": [], "pymupdf1": []}
