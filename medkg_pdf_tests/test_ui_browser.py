@@ -14,7 +14,6 @@ Skips when Debian's Chromium (/usr/bin/chromium) or the `playwright` module is m
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pymupdf
@@ -77,10 +76,10 @@ def ui(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def browser_page():
+def browser_page(tmp_path):
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="medkg-chromium-"),  # a fresh profile every time
+            tmp_path / "chromium-profile",  # a fresh profile every time
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_ARGS,
