@@ -97,7 +97,7 @@ class LiveDagster:
     home: Path
     url: str
     webserver: Process
-    daemon: Process
+    daemon: Process | None
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
         response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60)
@@ -107,11 +107,14 @@ class LiveDagster:
             raise AssertionError(f"GraphQL errors: {body['errors']}")
         return body["data"]
 
+    def processes(self) -> list[Process]:
+        return [p for p in (self.webserver, self.daemon) if p is not None]
+
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name} (last lines) ---\n{p.tail()}" for p in (self.webserver, self.daemon))
+        return "\n".join(f"--- {p.name} (last lines) ---\n{p.tail()}" for p in self.processes())
 
     def check_alive(self) -> None:
-        for process in (self.webserver, self.daemon):
+        for process in self.processes():
             if not process.alive():
                 raise AssertionError(f"{process.name} exited with {process.popen.returncode}\n{self.logs()}")
 
@@ -133,24 +136,30 @@ def write_instance(home: Path, storage_yaml: str | None) -> None:
 
 
 @contextmanager
-def live_dagster(home: Path, env: dict[str, str], startup_timeout_s: float = 120) -> Iterator[LiveDagster]:
-    """Start the webserver and the daemon on `home`; yield once the code location has loaded."""
+def live_dagster(
+    home: Path, env: dict[str, str], startup_timeout_s: float = 120, daemon: bool = True
+) -> Iterator[LiveDagster]:
+    """Start the webserver and (unless `daemon=False`: a UI on finished runs) the daemon on `home`;
+    yield once the code location has loaded."""
     env = {**env, "DAGSTER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     workspace = str(home / "workspace.yaml")
     port = free_port()
-    # Create the instance's tables first: webserver and daemon racing to create them on a fresh
-    # SQLite home fail with "more than one head" (alembic).
-    subprocess.run(
-        [str(BIN / "dagster"), "instance", "migrate"],
-        env=env,
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    if daemon:
+        # Create the instance's tables first: webserver and daemon racing to create them on a fresh
+        # SQLite home fail with "more than one head" (alembic). The webserver alone needs no help.
+        subprocess.run(
+            [str(BIN / "dagster"), "instance", "migrate"],
+            env=env,
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     with ExitStack() as stack:
-        daemon = Process("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], env, REPO_ROOT, home)
-        stack.callback(daemon.stop)
+        daemon_process = None
+        if daemon:
+            daemon_process = Process("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], env, REPO_ROOT, home)
+            stack.callback(daemon_process.stop)
         webserver = Process(
             "dagster-webserver",
             [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
@@ -159,7 +168,7 @@ def live_dagster(home: Path, env: dict[str, str], startup_timeout_s: float = 120
             home,
         )
         stack.callback(webserver.stop)
-        live = LiveDagster(home=home, url=f"http://127.0.0.1:{port}", webserver=webserver, daemon=daemon)
+        live = LiveDagster(home=home, url=f"http://127.0.0.1:{port}", webserver=webserver, daemon=daemon_process)
 
         def location_loaded() -> bool:
             live.check_alive()
@@ -185,7 +194,8 @@ def live_dagster(home: Path, env: dict[str, str], startup_timeout_s: float = 120
             statuses = data["instance"]["daemonHealth"]["allDaemonStatuses"]
             return all(s["healthy"] for s in statuses if s["required"])
 
-        wait_for("every required daemon to report healthy", daemon_healthy, startup_timeout_s)
+        if daemon:
+            wait_for("every required daemon to report healthy", daemon_healthy, startup_timeout_s)
         yield live
 
 
