@@ -16,16 +16,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from medkg_pdf import slo
+from medkg_pdf.page_preview import KIND_COLORS
 from medkg_pdf.schemas import StructuredDocument
 
 PLOT_DPI = 110
 LABELLED_DOCUMENTS = 40  # beyond this the lowest-scoring are drawn, the rest summed up in the title
-KIND_COLORS = {
-    "heading": "#c44e52", "paragraph": "#4c72b0", "list": "#55a868", "table": "#dd8452",
-    "caption": "#8172b2", "code": "#937860", "figure": "#da8bc3",
-}  # fmt: skip
-
-
 def to_png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")

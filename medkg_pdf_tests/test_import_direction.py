@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOMAIN = ("schemas", "storage_keys", "document_ids", "metrics", "quality_gates", "page_selection", "markdown_blocks", "profiles", "validation", "slo",
+DOMAIN = ("schemas", "storage_keys", "document_ids", "metrics", "quality_gates", "page_selection", "page_preview", "markdown_blocks", "profiles", "validation", "slo",
           "errors", "samples", "chat_contract", "model_client", "page_render", "report_plots", "exporters")  # fmt: skip
 MAY_IMPORT_DEFS = ("medkg_pdf.defs", "medkg_pdf.definitions", "medkg_pdf.cli")
 

@@ -111,7 +111,8 @@ def test_a_spanned_dose_table_lands_under_the_right_headers_through_the_chain_fo
                                           "Cefalexin Adult 250 mg"]))  # fmt: skip
     (doc_id,) = register_files(storage, instance, [pdf])
     with VllmDouble(model=model, answer=lambda png, body: ANSWERS[model]) as server:
-        assert run_chain(instance, storage, vllm_for(server.url, model=model), doc_id).success
+        result = run_chain(instance, storage, vllm_for(server.url, model=model), doc_id)
+    assert result.success
 
     document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
     [table] = [block for block in document.blocks() if block.kind == "table"]
@@ -121,5 +122,12 @@ def test_a_spanned_dose_table_lands_under_the_right_headers_through_the_chain_fo
         ("Amoxicillin", "Adult", "500 mg"), ("Amoxicillin", "Child", "25 mg/kg"), ("Cefalexin", "Adult", "250 mg")
     ]  # fmt: skip
     assert table.spans == [[1, 0, 2, 1]] and table.header_rows == 1
+    [structured] = [m for m in result.asset_materializations_for_node("structured_document")]
     if model.startswith("deepseek"):
         assert table.bbox is not None  # the region's box, in PDF points
+        # the UI's preview: the page with the located boxes, a small inline JPEG
+        preview = structured.metadata["boxed_pages"].value
+        assert preview.startswith("![page 1 with its blocks' boxes](data:image/jpeg;base64,") and len(preview) < 150_000
+        assert "table orange" in preview
+    else:
+        assert "boxed_pages" not in structured.metadata  # plain markdown: nothing was located

@@ -115,6 +115,10 @@ def test_the_ui_shows_the_whole_chain_a_documents_materialization_and_the_report
     expect(page.get_by_text("Materialized", exact=True)).to_be_visible()
     expect(page.get_by_text("Discharge medication", exact=True)).to_be_visible()  # the `title` entry
     expect(page.locator("body")).to_contain_text('"paragraph": 2')  # the `blocks` entry: two dose lines
+    page.get_by_text("[Show Markdown]").first.click()  # the `boxed_pages` entry: the page with its blocks' boxes
+    preview = page.get_by_role("img", name="page 1 with its blocks' boxes")
+    expect(preview).to_be_visible()
+    assert preview.evaluate("img => img.complete && img.naturalWidth > 0"), "the document's boxed page did not load"
     page.screenshot(path=tmp_path / "structured_document.png")
 
     page.goto(f"{url}/assets/quality_report")

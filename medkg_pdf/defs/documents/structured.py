@@ -1,7 +1,9 @@
 """Stage 4: page parses assembled into one typed document, written as JSON and as markdown."""
 
 
-from dagster import AssetExecutionContext, MaterializeResult
+import base64
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.document_steps import current_source, require_version, run_document
@@ -11,6 +13,7 @@ from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import Block, PageImages, PageParse, PageParses, Section, StructuredDocument
 
+PREVIEW_PAGES = 2
 _HEADING_LEVEL = {"title": 1, "sub_title": 2}
 
 
@@ -82,6 +85,25 @@ def to_markdown(document: StructuredDocument) -> str:
     return "\n\n".join(out) + "\n"
 
 
+def boxed_pages_preview(storage: DocumentStorage, document: StructuredDocument, images: PageImages | None) -> str | None:
+    """The first pages as the model saw them, each block's box in its kind's colour, for the UI; None
+    when the answers located nothing (plain markdown)."""
+    from medkg_pdf.page_preview import KIND_COLORS, KIND_NAMES, boxed_page_jpeg
+
+    if images is None:
+        return None
+    shown = []
+    for image in images.pages[:PREVIEW_PAGES]:
+        jpeg = boxed_page_jpeg(document, image.index + 1, storage.read_bytes(image.key), image.dpi)
+        if jpeg is not None:
+            shown.append(f"![page {image.index + 1} with its blocks' boxes](data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')})")
+    if not shown:
+        return None
+    kinds = sorted({block.kind for block in document.blocks() if block.bbox is not None and block.page <= PREVIEW_PAGES})
+    legend = ", ".join(f"{kind} {KIND_NAMES.get(KIND_COLORS.get(kind, ''), 'black')}" for kind in kinds)
+    return "\n\n".join(shown) + f"\n\nBoxes by kind: {legend}"
+
+
 @document_asset(
     group_name="documents",
     deps=["vlm_page_parses"],
@@ -99,6 +121,7 @@ def structured_document(context: AssetExecutionContext, storage: DocumentStorage
         document = build_document(parses, images).model_copy(update={"source_pages": info.source.pages})
         storage.write_model(storage_keys.structured_json(document_id), document)
         storage.write_text(storage_keys.structured_markdown(document_id), to_markdown(document))
+        preview = boxed_pages_preview(storage, document, images)
         kinds: dict[str, int] = {}
         for block in document.blocks():
             kinds[block.kind] = kinds.get(block.kind, 0) + 1
@@ -111,6 +134,7 @@ def structured_document(context: AssetExecutionContext, storage: DocumentStorage
             "failed_pages": document.failed_pages,
             "json": storage.uri(storage_keys.structured_json(document_id)),
             "markdown": storage.uri(storage_keys.structured_markdown(document_id)),
+            **({"boxed_pages": MetadataValue.md(preview)} if preview else {}),
         }
 
     return run_document(context, storage, "structured_document", assemble)
