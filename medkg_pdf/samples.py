@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import pymupdf
 
-__all__ = ["SamplePdf", "sample_pdfs", "write_samples"]
+__all__ = ["SamplePdf", "case_pdfs", "sample_pdfs", "shifted_encoding", "write_samples"]
 
 PAGE_W, PAGE_H = 612.0, 792.0
 MARGIN = 72.0
@@ -717,6 +717,220 @@ def _blank_and_rotated() -> SamplePdf:
 
 
 # ---------------------------------------------------------------------------------------
+# e. one case per class of real-world trouble (issue 14): each a small PDF with its ground truth
+
+# every printable code maps to the next code point: "Metformin" is extracted as "Nfugpsnjo"
+_SHIFTED_TO_UNICODE = b"""/CIDInit /ProcSet findresource begin 12 dict begin begincmap
+/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def
+/CMapName /Shifted def /CMapType 2 def
+1 begincodespacerange <00> <FF> endcodespacerange
+2 beginbfrange
+<20> <20> <0020>
+<21> <7E> <0022>
+endbfrange
+endcmap CMapName currentdict /CMap defineresource pop end end"""
+
+
+def shifted_encoding(pdf: bytes, pages: set[int]) -> bytes:
+    """The PDF with the fonts of `pages` given a ToUnicode map shifted by +1: renders the same, reads as nonsense.
+
+    Pages of one PDF share its Helvetica object, so all its pages' text changes.
+    """
+    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
+        cmap = doc.get_new_xref()
+        doc.update_object(cmap, "<<>>")
+        doc.update_stream(cmap, _SHIFTED_TO_UNICODE)
+        for number in pages:
+            for xref, *_ in doc[number].get_fonts():
+                doc.xref_set_key(xref, "ToUnicode", f"{cmap} 0 R")
+        return doc.tobytes(garbage=3, deflate=True, no_new_id=True)
+
+
+
+LEAFLET_W, LEAFLET_H = 180.0, 288.0  # 2.5 x 4 inches: a package insert or a pocket card
+
+
+def _small_leaflet() -> SamplePdf:
+    doc = pymupdf.open()
+    page = doc.new_page(width=LEAFLET_W, height=LEAFLET_H)
+    out: list[str] = []
+    f = _Flow(page, [(14, LEAFLET_W - 14)], top=14, bottom=LEAFLET_H - 14, out=out)
+    f.lines(["WARFARIN 5 mg TABLETS"], SANS_BOLD, 9, after=3)
+    f.para("Take one tablet by mouth once daily at the same time each day, with or without food.",
+           font=SANS, size=7.5, after=3)
+    f.para("Your INR target is 2.0 to 3.0. Have it checked every 4 weeks, or sooner if your "
+           "doctor changes the dose.", font=SANS, size=7.5, after=3)
+    f.para("Call your doctor for bleeding gums, black stools or a headache that does not go away.",
+           font=SANS, size=7.5)
+    return SamplePdf(
+        name="case-small-leaflet.pdf",
+        data=_finish(doc, "Warfarin pocket card", "Small page"),
+        pages=["\n".join(out)],
+        description="A 2.5 x 4 inch pocket card (180 x 288 pt) in 7.5-9 pt type: at a fixed 150 DPI only 375 x 600 px.",
+        scanned=False,
+    )
+
+
+def _speckled_paper(width: int, height: int, rng: np.random.Generator, bleed: np.ndarray | None = None) -> np.ndarray:
+    """Off-white scanned paper with dust specks and, optionally, faint mirrored text showing through."""
+    img = np.full((height, width), 238, dtype=np.int16)
+    img += rng.integers(-6, 7, size=img.shape, dtype=np.int16)  # paper grain
+    if bleed is not None:
+        img = np.minimum(img, 238 - ((255 - bleed[:, ::-1].astype(np.int16)) * 0.12).astype(np.int16))
+    speck = rng.random(img.shape) < 0.0012
+    img[speck] = rng.integers(40, 170, size=int(speck.sum()), dtype=np.int16)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _speckled_blank_scan() -> SamplePdf:
+    doc = pymupdf.open()
+    pages: list[str] = []
+    rng = np.random.default_rng(20250601)
+    bleed = None
+    for number, body in enumerate((
+        "Ward round note, day 2. Patient comfortable overnight, afebrile, eating and drinking. "
+        "Continue ceftriaxone 2 g once daily and review the blood cultures at 48 hours.",
+        None,  # the back of the sheet: scanned blank
+        "Ward round note, day 3. Blood cultures negative at 48 hours. Switch to oral amoxicillin "
+        "500 mg three times daily for 5 days and plan discharge tomorrow.",
+    )):
+        page = _new_page(doc)
+        if body is None:
+            paper = _speckled_paper(int(PAGE_W * _SCAN_DPI / 72), int(PAGE_H * _SCAN_DPI / 72), rng, bleed)
+            scan = pymupdf.Pixmap(pymupdf.csGRAY, paper.shape[1], paper.shape[0], paper.tobytes(), False)
+            page.insert_image(page.rect, stream=scan.tobytes("png"))
+            pages.append("")
+            continue
+        out: list[str] = []
+        f = _Flow(page, [(MARGIN, PAGE_W - MARGIN)], top=MARGIN, bottom=PAGE_H - 60, out=out)
+        f.heading(f"PROGRESS NOTE {number + 1}", size=12)
+        f.para(body, font=SERIF, size=11)
+        pages.append("\n".join(out))
+        if bleed is None:  # the first page shows through the blank back of its sheet
+            pix = page.get_pixmap(dpi=_SCAN_DPI, colorspace=pymupdf.csGRAY, alpha=False)
+            bleed = np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.width)
+    return SamplePdf(
+        name="case-speckled-blank-scan.pdf",
+        data=_finish(doc, "Progress notes", "Scanned blank page between text pages"),
+        pages=pages,
+        description="Two text pages around a scanned blank back of a sheet: grey paper grain, seeded dust "
+        "specks and the first page's text showing through, mirrored and faint.",
+        scanned=False,
+    )
+
+
+def _garbled_text_layer() -> SamplePdf:
+    doc = pymupdf.open()
+    pages: list[str] = []
+    for heading, body in (
+        ("METFORMIN HYDROCHLORIDE TABLETS", "Start with 500 mg twice daily with meals. Increase the dose by 500 mg "
+         "weekly to a maximum of 2000 mg daily. Stop before iodinated contrast imaging."),
+        ("MONITORING", "Check kidney function before starting and at least once a year. Do not use if the eGFR is "
+         "below 30 mL/min/1.73 m2."),
+    ):
+        page = _new_page(doc)
+        out: list[str] = []
+        f = _Flow(page, [(MARGIN, PAGE_W - MARGIN)], top=MARGIN, bottom=PAGE_H - 60, out=out)
+        f.heading(heading, size=13)
+        f.para(body, font=SANS, size=11)
+        pages.append("\n".join(out))
+    data = _finish(doc, "Metformin label", "Garbled text layer")
+    return SamplePdf(
+        name="case-garbled-text-layer.pdf",
+        data=shifted_encoding(data, {0}),
+        pages=pages,
+        description="Page 1's font carries a ToUnicode map shifted by one code point: it renders correctly "
+        "and its text layer reads as nonsense ('Nfugpsnjo'); page 2 is sound.",
+        scanned=False,
+    )
+
+
+SPANNED_TABLE = [
+    ["Drug", "Population", "Dose"],
+    ["Amoxicillin", "Adult", "500 mg every 8 hours"],
+    [None, "Child", "25 mg/kg/day in 3 doses"],  # None: covered by the cell above (rowspan 2)
+    ["Cefalexin", "Adult", "250 mg every 6 hours"],
+]
+
+
+def _spanned_dose_table() -> SamplePdf:
+    doc = pymupdf.open()
+    page = _new_page(doc)
+    out: list[str] = []
+    f = _Flow(page, [(MARGIN, PAGE_W - MARGIN)], top=MARGIN, bottom=PAGE_H - 60, out=out)
+    f.heading("DOSAGE AND ADMINISTRATION", size=12, after=8)
+    widths, row_h, size = [130.0, 110.0, 228.0], 22.0, 10.0
+    top = f.y
+    for r, row in enumerate(SPANNED_TABLE):
+        x = f.x0
+        for c, cell in enumerate(row):
+            if cell is None:
+                x += widths[c]
+                continue
+            rows_spanned = 2 if r + 1 < len(SPANNED_TABLE) and SPANNED_TABLE[r + 1][c] is None else 1
+            rect = pymupdf.Rect(x, top + r * row_h, x + widths[c], top + (r + rows_spanned) * row_h)
+            page.draw_rect(rect, color=BLACK, fill=GRAY_FILL if r == 0 else None, width=0.6)
+            baseline = rect.y0 + (rect.height + size * 0.7) / 2
+            page.insert_text((x + 5, baseline), cell, fontname=SANS_BOLD if r == 0 else SANS, fontsize=size)
+            x += widths[c]
+        out.append(" | ".join(cell for cell in row if cell is not None))
+    return SamplePdf(
+        name="case-spanned-dose-table.pdf",
+        data=_finish(doc, "Amoxicillin dosing", "Table with a row span"),
+        pages=["\n".join(out)],
+        description="A ruled dose table whose 'Amoxicillin' cell spans two rows (adult and child doses).",
+        scanned=False,
+    )
+
+
+RUNNING_HEAD = "Sepsis Management Guideline 2025"
+RUNNING_FOOT = "Crit Care Res. 2025;12(3):145-152"
+
+
+def running_page_number(number: int, total: int) -> str:
+    return f"Page {number} of {total}"
+
+
+def _running_heads() -> SamplePdf:
+    doc = pymupdf.open()
+    pages: list[str] = []
+    bodies = (
+        ("1. Recognition", "Screen every adult with suspected infection for sepsis using the qSOFA score: "
+         "respiratory rate of 22/min or more, altered mentation, systolic blood pressure of 100 mmHg or less."),
+        ("2. Resuscitation", "Give 30 mL/kg of balanced crystalloid within the first 3 hours for hypotension "
+         "or a lactate of 4 mmol/L or more, and reassess the volume status after each bolus."),
+        ("3. Antimicrobials", "Start broad-spectrum antibiotics within 1 hour of recognition, after blood "
+         "cultures are drawn, and review the choice at 48 hours with the culture results."),
+    )
+    for number, (heading, body) in enumerate(bodies, start=1):
+        page = _new_page(doc)
+        out: list[str] = []
+        length = pymupdf.get_text_length(RUNNING_HEAD, fontname=SANS, fontsize=8)
+        page.insert_text((PAGE_W - MARGIN - length, 40), RUNNING_HEAD, fontname=SANS, fontsize=8)
+        out.append(RUNNING_HEAD)
+        f = _Flow(page, [(MARGIN, PAGE_W - MARGIN)], top=MARGIN, bottom=PAGE_H - 80, out=out)
+        f.heading(heading, size=13)
+        f.para(body, font=SERIF, size=11)
+        page.insert_text((MARGIN, PAGE_H - 40), RUNNING_FOOT, fontname=SANS, fontsize=8)
+        out.append(RUNNING_FOOT)
+        _footer_right(page, running_page_number(number, len(bodies)), out)
+        pages.append("\n".join(out))
+    return SamplePdf(
+        name="case-running-heads.pdf",
+        data=_finish(doc, "Sepsis guideline", "Running heads and page numbers"),
+        pages=pages,
+        description="Three pages, each with a running head, a journal footer and 'Page n of 3'.",
+        scanned=False,
+    )
+
+
+def _footer_right(page: pymupdf.Page, text: str, out: list[str]) -> None:
+    length = pymupdf.get_text_length(text, fontname=SANS, fontsize=8)
+    page.insert_text((PAGE_W - MARGIN - length, PAGE_H - 40), text, fontname=SANS, fontsize=8)
+    out.append(text)
+
+
+# ---------------------------------------------------------------------------------------
 # public API
 
 
@@ -728,6 +942,17 @@ def sample_pdfs() -> list[SamplePdf]:
         _scanned_discharge_summary(),
         _blank_and_rotated(),
     ]
+
+
+def case_pdfs() -> dict[str, SamplePdf]:
+    """One generated PDF per class of real-world trouble, by class name; identical bytes on every call."""
+    return {
+        "small page": _small_leaflet(),
+        "speckled blank scan": _speckled_blank_scan(),
+        "garbled text layer": _garbled_text_layer(),
+        "spanned dose table": _spanned_dose_table(),
+        "running heads and page numbers": _running_heads(),
+    }
 
 
 def write_samples(out_dir: Path) -> list[Path]:

@@ -13,6 +13,7 @@ import pymupdf
 from dagster import AssetCheckSeverity
 
 from medkg_pdf import samples, storage_keys
+from medkg_pdf.samples import shifted_encoding
 from medkg_pdf.defs.documents.text_layer import extract_baseline
 from medkg_pdf.schemas import DocumentQuality
 from medkg_pdf.text_layer_judge import judge_page, judge_text, letter_pair_share
@@ -41,33 +42,6 @@ NOTE = [
     "Potassium 4.1 mmol/L, creatinine 88 umol/L, white cell count 9.2 on the morning bloods",
 ]
 GATES = ("parse_quality_match_score", "parse_quality_numeric_recall")
-
-# every printable code maps to the next code point: "Metformin" is extracted as "Nfugpsnjo"
-_SHIFTED_TO_UNICODE = b"""/CIDInit /ProcSet findresource begin 12 dict begin begincmap
-/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def
-/CMapName /Shifted def /CMapType 2 def
-1 begincodespacerange <00> <FF> endcodespacerange
-2 beginbfrange
-<20> <20> <0020>
-<21> <7E> <0022>
-endbfrange
-endcmap CMapName currentdict /CMap defineresource pop end end"""
-
-
-def shifted_encoding(pdf: bytes, pages: set[int]) -> bytes:
-    """The PDF with the fonts of `pages` given a ToUnicode map shifted by +1: renders the same, reads as nonsense.
-
-    Pages of one PDF share its Helvetica object, so all its pages' text changes.
-    """
-    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
-        cmap = doc.get_new_xref()
-        doc.update_object(cmap, "<<>>")
-        doc.update_stream(cmap, _SHIFTED_TO_UNICODE)
-        for number in pages:
-            for xref, *_ in doc[number].get_fonts():
-                doc.xref_set_key(xref, "ToUnicode", f"{cmap} 0 R")
-        return doc.tobytes(garbage=3, deflate=True, no_new_id=True)
-
 
 def joined(*pdfs: bytes) -> bytes:
     """One PDF of the pages of several (each keeps its own fonts)."""
