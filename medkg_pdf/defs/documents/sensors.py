@@ -71,9 +71,17 @@ def death_of(instance: DagsterInstance, run: DagsterRun) -> DocumentError | None
     )
 
 
+def document_of(run: DagsterRun) -> str | None:
+    """The document a run is for: its partition tag, or a backfill run's one-document range (multi_run(1))."""
+    start = run.tags.get("dagster/asset_partition_range_start")
+    if start is not None and start != run.tags.get("dagster/asset_partition_range_end"):
+        return None
+    return run.tags.get("dagster/partition") or start
+
+
 def quarantine_dead_run(instance: DagsterInstance, storage: DocumentStorage, run: DagsterRun) -> QuarantineRecord | None:
     """Write the quarantine record of a document whose run died; nothing for runs that failed in a step."""
-    document_id = run.tags.get("dagster/partition")
+    document_id = document_of(run)
     if not document_id:
         return None
     error = death_of(instance, run)
@@ -147,7 +155,7 @@ def fail_dead_local_runs(instance: DagsterInstance, storage: DocumentStorage) ->
             "started it (the daemon was killed or restarted); pages stored before are reused by the next run"
         )
         instance.report_run_failed(run, message=message)  # a failure with no failed step: run retries relaunch it
-        document_id = run.tags.get("dagster/partition")
+        document_id = document_of(run)
         if document_id:
             quarantine(storage, document_id, "run", DocumentError(message, retryable=True, reason="run_process_died"), run_id=run.run_id)
         failed.append(run.run_id)
