@@ -237,11 +237,12 @@ def assert_true_states(stack: Stack, states: dict[str, str]) -> None:
 def assert_pages_stored_once(stack: Stack, documents: list[str], before: dict[Path, bytes]) -> set[str]:
     """One answer file per page; those stored before the fault untouched. Returns the pages stored before."""
     after = {path: body for path, body in stack.stored_parses().items() if stack.page_of(path) in stack.of(documents)}
+    before = {path: body for path, body in before.items() if stack.page_of(path) in stack.of(documents)}
     for path, body in before.items():
         assert after[path] == body, f"{path.name} was rewritten"
     files_per_page = Counter(stack.page_of(path) for path in after)
     assert set(files_per_page) == stack.of(documents) and set(files_per_page.values()) == {1}, files_per_page
-    return {stack.page_of(path) for path in before if stack.page_of(path) in stack.of(documents)}
+    return {stack.page_of(path) for path in before}
 
 
 # -- the scenarios ----------------------------------------------------------------------------
