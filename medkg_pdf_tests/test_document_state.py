@@ -39,10 +39,10 @@ from medkg_pdf_tests.support.vllm_double import VllmDouble, _RequestError, defau
 MODEL = "medkg-embedded-ocr"
 
 
-def page_hashes(pdf: bytes) -> set[str]:
-    """sha256 of each page image exactly as the pipeline renders and sends it."""
+def page_hashes(pdf: bytes) -> list[str]:
+    """sha256 of each page image exactly as the pipeline renders and sends it, in page order."""
     with pymupdf.open(stream=pdf, filetype="pdf") as doc:
-        return {hashlib.sha256(render_page(page, "unused", get_profile(None, MODEL).render_target(), MAX_IMAGE_BYTES).png).hexdigest() for page in doc}
+        return [hashlib.sha256(render_page(page, "unused", get_profile(None, MODEL).render_target(), MAX_IMAGE_BYTES).png).hexdigest() for page in doc]
 
 
 class FlakyFor:

@@ -98,6 +98,19 @@ class LiveDagster:
     url: str
     webserver: Process
     daemon: Process | None
+    env: dict[str, str]
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon's process group: its code server and the run workers it launched die with
+        it, as when the daemon's container or host process is killed."""
+        self.daemon._signal_group(signal.SIGKILL)
+        self.daemon.popen.wait(timeout=10)
+        self.daemon.stop(timeout_s=1)  # closes its log
+
+    def start_new_daemon(self, timeout_s: float = 120) -> None:
+        """A new daemon on the same instance, once it reports healthy."""
+        self.daemon = start_daemon(self.home, self.env, name=f"{self.daemon.name}-new")
+        wait_for("the new daemon to report healthy", lambda: daemons_healthy(self), timeout_s)
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
         response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60)
@@ -156,10 +169,7 @@ def live_dagster(
             timeout=120,
         )
     with ExitStack() as stack:
-        daemon_process = None
-        if daemon:
-            daemon_process = Process("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], env, REPO_ROOT, home)
-            stack.callback(daemon_process.stop)
+        daemon_process = start_daemon(home, env) if daemon else None
         webserver = Process(
             "dagster-webserver",
             [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
@@ -168,7 +178,8 @@ def live_dagster(
             home,
         )
         stack.callback(webserver.stop)
-        live = LiveDagster(home=home, url=f"http://127.0.0.1:{port}", webserver=webserver, daemon=daemon_process)
+        live = LiveDagster(home=home, url=f"http://127.0.0.1:{port}", webserver=webserver, daemon=daemon_process, env=env)
+        stack.callback(lambda: live.daemon and live.daemon.stop())  # the one running now (start_new_daemon replaces it)
 
         def location_loaded() -> bool:
             live.check_alive()
@@ -186,17 +197,22 @@ def live_dagster(
 
         wait_for("the webserver to load the medkg_pdf code location", location_loaded, startup_timeout_s)
 
-        def daemon_healthy() -> bool:
-            live.check_alive()
-            data = live.graphql(
-                "query { instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
-            )
-            statuses = data["instance"]["daemonHealth"]["allDaemonStatuses"]
-            return all(s["healthy"] for s in statuses if s["required"])
-
         if daemon:
-            wait_for("every required daemon to report healthy", daemon_healthy, startup_timeout_s)
+            wait_for("every required daemon to report healthy", lambda: daemons_healthy(live), startup_timeout_s)
         yield live
+
+
+def start_daemon(home: Path, env: dict[str, str], name: str = "dagster-daemon") -> Process:
+    argv = [str(BIN / "dagster-daemon"), "run", "-w", str(home / "workspace.yaml")]
+    return Process(name, argv, env, REPO_ROOT, home)
+
+
+def daemons_healthy(live: LiveDagster) -> bool:
+    """Every required daemon has sent a heartbeat lately (the webserver's answer, as the UI shows it)."""
+    live.check_alive()
+    data = live.graphql("query { instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }")
+    statuses = data["instance"]["daemonHealth"]["allDaemonStatuses"]
+    return all(s["healthy"] for s in statuses if s["required"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +250,8 @@ def _as_postgres_user(argv: list[str]) -> tuple[list[str], str | None]:
 
 @contextmanager
 def postgres_cluster(bin_dir: Path, timeout_s: float = 60) -> Iterator[dict[str, Any]]:
-    """A throwaway cluster on 127.0.0.1 (free port, trust auth, fsync off); removed afterwards."""
+    """A throwaway cluster on 127.0.0.1 (free port, trust auth, fsync off); removed afterwards.
+    The dict's `restart` is `pg_ctl restart -m fast` (every connection dropped, the server back up)."""
     import pwd
 
     root = Path(tempfile.mkdtemp(prefix="medkg-pg-"))
@@ -267,7 +284,8 @@ def postgres_cluster(bin_dir: Path, timeout_s: float = 60) -> Iterator[dict[str,
                 conn.cursor().execute("CREATE DATABASE dagster")
             finally:
                 conn.close()
-            yield {"host": "127.0.0.1", "port": port, "user": "postgres", "db": "dagster"}
+            yield {"host": "127.0.0.1", "port": port, "user": "postgres", "db": "dagster",
+                   "restart": lambda: run([*pg_ctl, "-m", "fast", "-w", "-t", str(int(timeout_s)), "restart"])}  # fmt: skip
         finally:
             try:
                 run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])

@@ -68,8 +68,13 @@ def _stream(dictionary: bytes, payload: bytes) -> bytes:
 
 def text_pdf(lines: list[str], pages: int = 1) -> bytes:
     """A plain, valid, born-digital letter-size PDF whose every page carries ``lines`` (Helvetica 11 pt)."""
+    return text_pages_pdf([lines] * pages)
+
+
+def text_pages_pdf(pages: list[list[str]]) -> bytes:
+    """Like `text_pdf`, each page with its own lines (so every page image, and its cache entry, is distinct)."""
     doc = pymupdf.open()
-    for _ in range(pages):
+    for lines in pages:
         page = doc.new_page(width=LETTER[0], height=LETTER[1])
         y = 72.0
         for line in lines:

@@ -14,16 +14,20 @@ handled by `medkg_pdf.cli.fail_orphaned_runs` (reason `process_died`).
 
 from __future__ import annotations
 
+import os
 import re
 
 from dagster import (
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
+    SensorEvaluationContext,
     SkipReason,
     run_failure_sensor,
+    sensor,
 )
 
 from medkg_pdf import storage_keys
@@ -67,9 +71,17 @@ def death_of(instance: DagsterInstance, run: DagsterRun) -> DocumentError | None
     )
 
 
+def document_of(run: DagsterRun) -> str | None:
+    """The document a run is for: its partition tag, or a backfill run's one-document range (multi_run(1))."""
+    start = run.tags.get("dagster/asset_partition_range_start")
+    if start is not None and start != run.tags.get("dagster/asset_partition_range_end"):
+        return None
+    return run.tags.get("dagster/partition") or start
+
+
 def quarantine_dead_run(instance: DagsterInstance, storage: DocumentStorage, run: DagsterRun) -> QuarantineRecord | None:
     """Write the quarantine record of a document whose run died; nothing for runs that failed in a step."""
-    document_id = run.tags.get("dagster/partition")
+    document_id = document_of(run)
     if not document_id:
         return None
     error = death_of(instance, run)
@@ -93,3 +105,73 @@ def run_death_sensor(context: RunFailureSensorContext, storage: DocumentStorage)
     if record is None:
         return SkipReason(f"run {context.dagster_run.run_id} failed in a step or has no document")
     context.log.info(f"document {record.document_id}: {record.reason}: {record.message}")
+
+
+def run_worker_pid(instance: DagsterInstance, run: DagsterRun) -> int | None:
+    """The pid of the run's worker process, from the code server's "Started process for run" engine event."""
+    records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = event.event_specific_data if event is not None else None
+        pid = getattr(data, "metadata", {}).get("pid") if data is not None else None
+        if pid is not None and str(pid.value).isdigit():
+            return int(pid.value)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_local_runs(instance: DagsterInstance, storage: DocumentStorage) -> list[str]:
+    """Fail the runs started on this machine whose worker process is gone, and quarantine their documents.
+
+    The DefaultRunLauncher starts run workers as children of the daemon's code server, and it is that
+    code server which reports a dead worker; when the daemon's whole process group dies (killed,
+    host restart of the daemon), nobody is left to report it, and Dagster's run monitoring cannot
+    check a local worker (`supports_check_run_worker_health` is False): the runs would stay
+    "started" for ever, holding their run-queue and `vllm` pool slots. A run with no recorded pid
+    yet is left to run monitoring's start timeout. Only for the local launcher: pids of other
+    machines (Kubernetes pods) mean nothing here, and run monitoring checks those itself.
+    """
+    from dagster import RunsFilter
+    from dagster._core.launcher import DefaultRunLauncher
+
+    if not isinstance(instance.run_launcher, DefaultRunLauncher):
+        return []
+    failed = []
+    for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])):
+        pid = run_worker_pid(instance, run)
+        if pid is None or _alive(pid):
+            continue
+        message = (
+            f"the run's worker process (pid {pid}) died before the run ended, and so did the code server that "
+            "started it (the daemon was killed or restarted); pages stored before are reused by the next run"
+        )
+        instance.report_run_failed(run, message=message)  # a failure with no failed step: run retries relaunch it
+        document_id = document_of(run)
+        if document_id:
+            quarantine(storage, document_id, "run", DocumentError(message, retryable=True, reason="run_process_died"), run_id=run.run_id)
+        failed.append(run.run_id)
+    return failed
+
+
+@sensor(
+    name="dead_run_worker_sensor",
+    minimum_interval_seconds=10,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="A run whose local worker process is gone (its daemon and code server were killed with it) is "
+    "failed, never left in progress, so run retries relaunch it and its pool slots are freed.",
+)
+def dead_run_worker_sensor(context: SensorEvaluationContext, storage: DocumentStorage):
+    failed = fail_dead_local_runs(context.instance, storage)
+    if not failed:
+        return SkipReason("every started run's worker is alive")
+    context.log.info(f"failed {len(failed)} runs whose worker process had died: {', '.join(failed)}")
+    return SkipReason(f"failed {len(failed)} runs whose worker process had died")
