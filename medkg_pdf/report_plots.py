@@ -23,6 +23,7 @@ LABELLED_DOCUMENTS = 40  # beyond this the lowest-scoring are drawn, the rest su
 KIND_COLORS = {
     "heading": "#c44e52", "paragraph": "#4c72b0", "list": "#55a868", "table": "#dd8452",
     "caption": "#8172b2", "code": "#937860", "figure": "#da8bc3",
+    "page_header": "#8c8c8c", "page_footer": "#8c8c8c", "page_number": "#8c8c8c",  # furniture: grey
 }  # fmt: skip
 
 
