@@ -42,9 +42,10 @@ def is_page_number(text: str) -> bool:
     return bool(PAGE_NUMBER.match(" ".join(text.split())))
 
 
-def _key(text: str) -> str:
-    """Digits, spaces and punctuation aside: OCR of small print drops or adds spaces ("Res.2025" / "Res. 2025")."""
-    return _NOT_KEY.sub("", _DIGITS.sub("#", text.lower()))
+def _key(block: Block) -> tuple[bool, str]:
+    """Digits, spaces and punctuation aside: OCR of small print drops or adds spaces ("Res.2025" / "Res. 2025").
+    Headings count apart, so a title on page 1 is not eaten by the running head that repeats it on later pages."""
+    return block.kind == "heading", _NOT_KEY.sub("", _DIGITS.sub("#", block.text.lower()))
 
 
 def _in_band(block: Block, edge: str, height: float | None) -> bool:
@@ -70,13 +71,13 @@ def mark_furniture(pages: list[list[Block]], page_heights: dict[int, float] | No
     pages = [list(blocks) for blocks in pages]
 
     def candidate(block: Block, edge: str) -> bool:
-        return block.kind in _CANDIDATES and len(block.text) <= MAX_CHARS and _in_band(block, edge, heights.get(block.page))
+        return (block.kind in _CANDIDATES or _number_list(block)) and len(block.text) <= MAX_CHARS and _in_band(block, edge, heights.get(block.page))
 
-    seen: dict[tuple[str, str], set[int]] = defaultdict(set)
+    seen: dict[tuple[str, tuple[bool, str]], set[int]] = defaultdict(set)
     for blocks in pages:
         for edge, i, _ in _edges(blocks):
             if blocks[i].furniture or candidate(blocks[i], edge):
-                seen[(edge, _key(blocks[i].text))].add(blocks[i].page)
+                seen[(edge, _key(blocks[i]))].add(blocks[i].page)
     with_blocks = sum(1 for blocks in pages if blocks)
     for depth in range(EDGE_BLOCKS):
         for blocks in pages:
@@ -87,12 +88,17 @@ def mark_furniture(pages: list[list[Block]], page_heights: dict[int, float] | No
                 if not all(blocks[j].furniture for j in between):
                     continue
                 needed = max(MIN_HEADING_PAGES if block.kind == "heading" else MIN_PAGES, MIN_PAGE_SHARE * with_blocks)
-                if len(seen[(edge, _key(block.text))]) >= needed:
+                if len(seen[(edge, _key(block))]) >= needed:
                     blocks[i] = _retyped(block, "page_header" if edge == "top" else "page_footer")
-                elif block.kind == "paragraph" and is_page_number(block.text):
+                elif (block.kind == "paragraph" or _number_list(block)) and is_page_number(block.text):
                     blocks[i] = _retyped(block, "page_number")
     return pages
 
 
+def _number_list(block: Block) -> bool:
+    """"- 3 -" written as markdown is a one-item list of "3 -"."""
+    return block.kind == "list" and len(block.items or []) == 1 and is_page_number(block.text)
+
+
 def _retyped(block: Block, kind: str) -> Block:
-    return block.model_copy(update={"kind": typed_kind(kind, block.text), "level": None})
+    return block.model_copy(update={"kind": typed_kind(kind, block.text), "level": None, "items": None})

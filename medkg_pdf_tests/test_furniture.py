@@ -66,6 +66,13 @@ def test_a_heading_repeated_on_two_pages_is_kept():
     assert kinds(pages) == [["heading", "paragraph"]] * 2
 
 
+def test_a_title_repeated_as_the_running_head_of_later_pages_is_kept_on_its_first_page():
+    title = "Early Fluid Resuscitation in Septic Shock"
+    pages = [[paragraph(1, title, kind="heading", level=1), paragraph(1, BODY[0][1])]]
+    pages += [[paragraph(n, title), paragraph(n, body)] for n, (_, body) in enumerate(BODY[1:], start=2)]
+    assert kinds(pages) == [["heading", "paragraph"], ["page_header", "paragraph"], ["page_header", "paragraph"]]
+
+
 def test_a_table_row_repeated_at_the_top_of_every_page_is_kept():
     """A long table repeats its header row on every page; it stays a table."""
     rows = [["Drug", "Dose"], ["Amoxicillin", "500 mg"]]
@@ -190,3 +197,23 @@ def test_a_page_parse_without_page_sizes_keeps_typed_furniture_without_boxes():
     assert [b.kind for b in document.blocks()] == ["page_header", "heading", "paragraph", "page_footer", "page_number"]
     assert all(b.bbox is None for b in document.blocks())
     assert "Crit Care" not in to_markdown(document) and "Crit Care" in document.page_text(1)
+
+
+def test_markdown_only_answers_without_boxes_are_judged_by_block_position():
+    """A Qwen-style answer has no boxes: the first and last blocks of each page are the evidence."""
+    pages = [
+        f"Sepsis management review\n\n# {heading}\n\n{body}\n\n| Drug | Dose |\n|---|---|\n| Norepinephrine | 0.1 µg/kg/min |\n\n- {n} -"
+        for n, (heading, body) in enumerate(BODY, start=1)
+    ]
+    parses = [
+        PageParse(document_id="d", page_index=i, cache_key="k", status=PageStatus.ok, markdown=markdown, model="qwen",
+                  prompt_version="v", sampling=SamplingParams())
+        for i, markdown in enumerate(pages)
+    ]  # fmt: skip
+    document = build_document(PageParses(document_id="d", sha256="s", model="qwen", prompt_version="v", pages=parses, model_calls=3, cached_pages=0))
+    assert [[b.kind for b in document.blocks() if b.page == n] for n in (1, 2, 3)] == [
+        ["page_header", "heading", "paragraph", "table", "page_number"]
+    ] * 3
+    markdown = to_markdown(document)
+    assert "Sepsis management review" not in markdown and "- 2 -" not in markdown and markdown.count("| Norepinephrine |") == 3
+    assert document.title == "Fluid resuscitation"
