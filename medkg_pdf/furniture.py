@@ -5,10 +5,11 @@ block the document is the evidence: a short line at the same edge (first or last
 pages, digits aside ("Page 1 of 2" / "Page 2 of 2", "Crit Care Res. 2025;12(3):145-152"), is a
 running head or foot; a lone number ("3", "- 3 -", "Page 3", "3 of 12") as a page's first or last
 block is its page number, even on a one-page document. Only prose blocks are candidates: a table
-(whose header row a long table repeats on every page), a list or a figure is never furniture, and a
-heading must repeat on at least three pages (a heading seen on two pages is more likely a section
-continued than a running head). Where blocks carry boxes, a candidate must also lie in the page's
-top or bottom band, so a lone number in the middle of a page stays body text.
+(whose header row a long table repeats on every page), a list or a figure is never furniture. A
+heading is one only when its box lies in the page's margin band and it repeats, as a heading, on at
+least three pages (a heading seen on two pages is more likely a section continued; without boxes the
+same heading atop every page may be each page's own). Where blocks carry boxes, every candidate must
+lie in the page's top or bottom band, so a lone number in the middle of a page stays body text.
 
 Hand-written: layout tools that detect furniture (Docling's layout model, PyMuPDF4LLM's header
 detection) work on the PDF or its image, not on a model's already-parsed blocks.
@@ -71,6 +72,8 @@ def mark_furniture(pages: list[list[Block]], page_heights: dict[int, float] | No
     pages = [list(blocks) for blocks in pages]
 
     def candidate(block: Block, edge: str) -> bool:
+        if block.kind == "heading" and (block.bbox is None or not heights.get(block.page)):
+            return False  # the same heading atop every page of a markdown answer may be each page's real heading
         return (block.kind in _CANDIDATES or _number_list(block)) and len(block.text) <= MAX_CHARS and _in_band(block, edge, heights.get(block.page))
 
     seen: dict[tuple[str, tuple[bool, str]], set[int]] = defaultdict(set)

@@ -217,3 +217,13 @@ def test_markdown_only_answers_without_boxes_are_judged_by_block_position():
     markdown = to_markdown(document)
     assert "Sepsis management review" not in markdown and "- 2 -" not in markdown and markdown.count("| Norepinephrine |") == 3
     assert document.title == "Fluid resuscitation"
+
+
+def test_a_heading_is_a_running_head_only_when_its_box_puts_it_in_the_margin_of_three_pages():
+    """Without boxes the same heading atop every page may be each page's own; with boxes in the top margin it is a running head."""
+    unboxed = [[paragraph(n, "Discharge summary", kind="heading", level=1), paragraph(n, body)] for n, (_, body) in enumerate(BODY, start=1)]
+    assert kinds(unboxed) == [["heading", "paragraph"]] * 3
+    boxed = [[b.model_copy(update={"bbox": (72, 30 + 100 * (i > 0), 300, 45 + 100 * (i > 0))}) for i, b in enumerate(page)] for page in unboxed]
+    heights = {n: 792.0 for n in (1, 2, 3)}
+    assert [[b.kind for b in page] for page in mark_furniture(boxed, heights)] == [["page_header", "paragraph"]] * 3
+    assert [[b.kind for b in page] for page in mark_furniture(boxed[:2], heights)] == [["heading", "paragraph"]] * 2
