@@ -180,7 +180,11 @@ class PageParses(Stored, Record):
     cached_pages: int
 
 
-BlockKind = Literal["heading", "paragraph", "list", "table", "caption", "code", "figure"]
+BlockKind = Literal[
+    "heading", "paragraph", "list", "table", "caption", "code", "figure", "page_header", "page_footer", "page_number"
+]
+# Page furniture: printed on the page (so the text layer has it) but not part of the body's reading text.
+FURNITURE_KINDS = frozenset({"page_header", "page_footer", "page_number"})
 
 
 class Block(Record):
@@ -208,6 +212,11 @@ class Block(Record):
         "page coordinates); present when the model gives boxes.",
     )
 
+    @property
+    def furniture(self) -> bool:
+        """A running head or foot or a page number: kept with its page and box, left out of the body."""
+        return self.kind in FURNITURE_KINDS
+
 
 class Section(Record):
     heading: str | None
@@ -231,7 +240,12 @@ class StructuredDocument(Stored, Record):
         return [block for section in self.sections for block in section.blocks]
 
     def page_text(self, page: int) -> str:
+        """Everything read on the page, furniture included: what the page's PDF text layer holds too."""
         return "\n".join(block.text for block in self.blocks() if block.page == page)
+
+    def body_text(self, page: int) -> str:
+        """The page's reading text: its blocks without running heads, feet and page numbers."""
+        return "\n".join(block.text for block in self.blocks() if block.page == page and not block.furniture)
 
 
 class BaselinePage(Record):

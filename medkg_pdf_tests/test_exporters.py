@@ -104,8 +104,8 @@ def test_dolma_record_has_olmocr_fields_and_page_spans_cut_the_text_into_each_pa
     assert [page for _, _, page in spans] == [1, 2]
     assert spans[0][0] == 0 and spans[-1][1] == len(record["text"])
     assert all(end == next_start for (_, end, _), (next_start, _, _) in zip(spans, spans[1:]))
-    assert [record["text"][start:end] for start, end, _ in spans] == [structured.page_text(1) + "\n", structured.page_text(2)]
-    assert structured.page_text(1) != structured.page_text(2)
+    assert [record["text"][start:end] for start, end, _ in spans] == [structured.body_text(1) + "\n", structured.body_text(2)]
+    assert structured.body_text(1) != structured.body_text(2)
 
 
 def _one_page(*blocks: Block, failed: list[int] | None = None, pages: int = 1) -> StructuredDocument:
@@ -131,6 +131,21 @@ def test_a_failed_page_is_an_empty_dolma_span_so_later_pages_keep_their_numbers(
     record = dolma_record(document, "file:///labels/x.pdf")
     assert record["text"] == "first\n\nthird"
     assert record["attributes"]["pdf_page_numbers"] == [[0, 6, 1], [6, 7, 2], [7, 12, 3]]
+
+
+def test_furniture_is_docling_page_headers_and_footers_in_the_furniture_layer_and_left_out_of_dolma():
+    """Docling's converters put running heads, feet and page numbers in the furniture layer; olmOCR text has none."""
+    document = _one_page(
+        Block(kind="page_header", page=1, text="Crit Care Res", bbox=(72.0, 30.0, 300.0, 40.0)),
+        Block(kind="paragraph", page=1, text="Give fluids."),
+        Block(kind="page_number", page=1, text="3", bbox=(300.0, 760.0, 306.0, 770.0)),
+        Block(kind="page_number", page=1, text="- 3 -", bbox=(300.0, 20.0, 306.0, 30.0)),
+    )
+    exported = docling_document(document, {1: (612.0, 792.0)})
+    layers = [(item.label.value, item.content_layer.value) for item in exported.texts]
+    assert layers == [("page_header", "furniture"), ("text", "body"), ("page_footer", "furniture"), ("page_header", "furniture")]
+    assert exported.export_to_markdown().strip() == "Give fluids."
+    assert dolma_record(document, "file:///x.pdf")["text"] == "Give fluids."
 
 
 def test_docling_document_asset_stores_a_valid_docling_document_after_the_chain(tmp_path, storage, instance):

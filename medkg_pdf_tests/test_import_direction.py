@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOMAIN = ("schemas", "storage_keys", "document_ids", "metrics", "quality_gates", "page_selection", "page_preview", "markdown_blocks", "profiles", "validation", "slo",
-          "errors", "samples", "chat_contract", "model_client", "page_render", "report_plots", "exporters")  # fmt: skip
+DOMAIN = ("schemas", "storage_keys", "document_ids", "metrics", "quality_gates", "page_selection", "page_preview",
+          "markdown_blocks", "profiles", "validation", "slo", "errors", "samples", "chat_contract", "model_client",
+          "page_render", "report_plots", "exporters", "furniture")  # fmt: skip
 MAY_IMPORT_DEFS = ("medkg_pdf.defs", "medkg_pdf.definitions", "medkg_pdf.cli")
 
 Sources = dict[str, tuple[str, bool]]  # module name -> (source, is a package's __init__)

@@ -3,7 +3,9 @@
 Every block becomes the matching Docling item, carrying a `ProvenanceItem` with its 1-based page,
 its box in PDF points with a top-left origin (medkg's own convention, so no flipping) and the
 character span of its text. A block without a box gets the whole page as its box: Docling requires
-one, and the page number is the provenance a reader needs most.
+one, and the page number is the provenance a reader needs most. Page furniture goes where Docling's
+own converters put it: page headers and footers in the furniture content layer (a page number as the
+header or footer it is printed in, by its box; without a box, a footer).
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ def docling_document(document: StructuredDocument, page_sizes: dict[int, tuple[f
         return doc.ProvenanceItem(page_no=block.page, bbox=box, charspan=(0, len(text)))
 
     for block in document.blocks():
-        if block.kind == "heading":
+        if block.furniture:
+            result.add_text(label=_furniture_label(doc, block, page_sizes[block.page][1]), text=block.text,
+                            prov=prov(block, block.text), content_layer=doc.ContentLayer.FURNITURE)
+        elif block.kind == "heading":
             result.add_heading(text=block.text, level=block.level or 1, prov=prov(block, block.text))
         elif block.kind == "list":
             group = result.add_list_group()
@@ -69,6 +74,11 @@ def docling_document(document: StructuredDocument, page_sizes: dict[int, tuple[f
             label = doc.DocItemLabel.CAPTION if block.kind == "caption" else doc.DocItemLabel.TEXT  # body text, as Docling's converters label it
             result.add_text(label=label, text=block.text, prov=prov(block, block.text))
     return result
+
+
+def _furniture_label(doc: Any, block: Block, page_height: float) -> Any:
+    top = block.kind == "page_header" or (block.kind == "page_number" and block.bbox is not None and block.bbox[3] < page_height / 2)
+    return doc.DocItemLabel.PAGE_HEADER if top else doc.DocItemLabel.PAGE_FOOTER
 
 
 def _table_data(doc: Any, rows: list[list[str]]) -> Any:

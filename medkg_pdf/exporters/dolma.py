@@ -5,7 +5,9 @@ joined by "\n" (none after the last), `attributes.pdf_page_numbers` as `[start, 
 `text[start:end]` exactly that page's text (its trailing "\n" included, as olmOCR does), `id` the
 SHA-1 of the text, `source`, `added`/`created` as `YYYY-MM-DD`, and `metadata` with `Source-File`
 and `pdf-total-pages`. The olmOCR-specific token counters are replaced by medkg's model and
-document id; a failed page is an empty span, so page numbers never shift.
+document id; a failed page is an empty span, so page numbers never shift. A page's text is its body:
+running heads, feet and page numbers are left out, as olmOCR's own output is expected to (olmOCR-Bench
+scores headers and footers as text that must be absent).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ SOURCE = "medkg-pdf"
 
 
 def dolma_text_and_spans(document: StructuredDocument) -> tuple[str, list[list[int]]]:
-    """The text of every page in order, and `[start, end, page]` for each page (1-based)."""
+    """The body text of every page in order, and `[start, end, page]` for each page (1-based)."""
     text = ""
     spans: list[list[int]] = []
     for page in range(1, document.page_count + 1):
         start = len(text)
-        text += document.page_text(page) + ("\n" if page < document.page_count else "")
+        text += document.body_text(page) + ("\n" if page < document.page_count else "")
         spans.append([start, len(text), page])
     return text, spans
 

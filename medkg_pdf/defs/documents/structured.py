@@ -7,29 +7,38 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.document_steps import current_source, require_version, run_document
+from medkg_pdf.furniture import mark_furniture, typed_kind
 from medkg_pdf.markdown_blocks import markdown_to_blocks
 from medkg_pdf.page_selection import pages_label
 from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import Block, PageImages, PageParse, PageParses, Section, StructuredDocument
+from medkg_pdf.schemas import FURNITURE_KINDS, Block, PageImages, PageParse, PageParses, Section, StructuredDocument
 
 PREVIEW_PAGES = 2
 _HEADING_LEVEL = {"title": 1, "sub_title": 2}
 
 
 def page_blocks(parse: PageParse, page_size_pt: tuple[float, float] | None) -> list[Block]:
-    """Blocks of one page; where the model located regions, each block carries its box in PDF points."""
+    """Blocks of one page; where the model located regions, each block carries its box in PDF points
+    (when the page's size is known) and a region typed as a page header or footer stays one, as furniture."""
     number = parse.page_index + 1
-    if not parse.regions or page_size_pt is None:
+    if not parse.regions:
         return markdown_to_blocks(parse.markdown, page=number)
-    width, height = page_size_pt
     blocks = []
     for region in parse.regions:
-        if region.kind in ("page_header", "page_footer") or not region.text.strip():
+        if not region.text.strip():
             continue
-        x0, y0, x1, y1 = region.bbox
-        bbox = (round(x0 * width, 2), round(y0 * height, 2), round(x1 * width, 2), round(y1 * height, 2))
-        for block in markdown_to_blocks(region.text, page=number):
+        bbox = None
+        if page_size_pt is not None:
+            width, height = page_size_pt
+            x0, y0, x1, y1 = region.bbox
+            bbox = (round(x0 * width, 2), round(y0 * height, 2), round(x1 * width, 2), round(y1 * height, 2))
+        read = markdown_to_blocks(region.text, page=number)
+        if region.kind in FURNITURE_KINDS:
+            text = " ".join(block.text for block in read) or " ".join(region.text.split())
+            blocks.append(Block(kind=typed_kind(region.kind, text), page=number, text=text, bbox=bbox))
+            continue
+        for block in read:
             update: dict = {"bbox": bbox}
             if region.label in _HEADING_LEVEL and block.kind == "paragraph":
                 update.update(kind="heading", level=_HEADING_LEVEL[region.label])
@@ -37,17 +46,30 @@ def page_blocks(parse: PageParse, page_size_pt: tuple[float, float] | None) -> l
     return blocks
 
 
-def build_document(parses: PageParses, images: PageImages | None = None) -> StructuredDocument:
-    sizes = {i.index: (i.width * 72 / i.dpi, i.height * 72 / i.dpi) for i in images.pages} if images else {}
-    blocks: list[Block] = []
-    for parse in sorted(parses.pages, key=lambda p: p.page_index):
-        blocks.extend(page_blocks(parse, sizes.get(parse.page_index)))
+def _sections(blocks: list[Block]) -> list[Section]:
+    """A section per heading; furniture never opens one (a running head above the title joins the first)."""
     sections: list[Section] = []
+    waiting: list[Block] = []  # furniture before the first body block
     for block in blocks:
+        if block.furniture and not sections:
+            waiting.append(block)
+            continue
         if block.kind == "heading" or not sections:
             heading = block.text if block.kind == "heading" else None
-            sections.append(Section(heading=heading, page=block.page, blocks=[]))
+            sections.append(Section(heading=heading, page=block.page, blocks=waiting))
+            waiting = []
         sections[-1].blocks.append(block)
+    if waiting:  # a document of furniture alone
+        sections.append(Section(heading=None, page=waiting[0].page, blocks=waiting))
+    return sections
+
+
+def build_document(parses: PageParses, images: PageImages | None = None) -> StructuredDocument:
+    sizes = {i.index: (i.width * 72 / i.dpi, i.height * 72 / i.dpi) for i in images.pages} if images else {}
+    ordered = sorted(parses.pages, key=lambda p: p.page_index)
+    pages = [page_blocks(parse, sizes.get(parse.page_index)) for parse in ordered]
+    heights = {index + 1: size[1] for index, size in sizes.items()}
+    blocks = [block for page in mark_furniture(pages, heights) for block in page]
     headings = [b for b in blocks if b.kind == "heading"]
     top = min((b.level or 9 for b in headings), default=None)
     title = next((b.text for b in headings if b.level == top), None)
@@ -58,14 +80,17 @@ def build_document(parses: PageParses, images: PageImages | None = None) -> Stru
         page_count=len(parses.pages),
         model=parses.model,
         prompt_version=parses.prompt_version,
-        sections=sections,
+        sections=_sections(blocks),
         failed_pages=[p.page_index + 1 for p in parses.pages if not p.status.usable],
     )
 
 
 def to_markdown(document: StructuredDocument) -> str:
+    """The body as markdown: running heads, feet and page numbers stay in the JSON only."""
     out: list[str] = []
     for block in document.blocks():
+        if block.furniture:
+            continue
         if block.kind == "heading":
             out.append(f"{'#' * (block.level or 1)} {block.text}")
         elif block.kind == "list":
@@ -108,7 +133,8 @@ def boxed_pages_preview(storage: DocumentStorage, document: StructuredDocument, 
     group_name="documents",
     deps=["vlm_page_parses"],
     kinds={"json", "markdown"},
-    description="Title, sections and typed blocks (heading/paragraph/list/table/caption) with page provenance.",
+    description="Title, sections and typed blocks (heading/paragraph/list/table/caption; page header/footer/number "
+    "as furniture, left out of the markdown) with page provenance.",
 )
 def structured_document(context: AssetExecutionContext, storage: DocumentStorage) -> MaterializeResult:
     def assemble(document_id: str) -> dict:
