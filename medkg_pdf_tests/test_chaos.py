@@ -31,6 +31,7 @@ from medkg_pdf_tests.support.live_dagster import (
     add_partition,
     daemons_healthy,
     live_dagster,
+    partition_status,
     postgres_bin_dir,
     postgres_cluster,
     postgres_storage_yaml,
@@ -38,14 +39,14 @@ from medkg_pdf_tests.support.live_dagster import (
     wait_for,
     write_instance,
 )
+from medkg_pdf_tests.support.chain import page_hashes
 from medkg_pdf_tests.support.pdf_factory import text_pages_pdf
 from medkg_pdf_tests.support.vllm_double import Faults, VllmDouble
-from medkg_pdf_tests.test_document_state import page_hashes
-from medkg_pdf_tests.test_e2e_dagster import LINES, partition_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+DISCHARGE_LINES = ["Discharge medication", "Amoxicillin 500 mg every 8 hours for 7 days", "Ibuprofen 400 mg twice daily"]
 PAGES = 4
 LATENCY = Faults(latency_s=1.5)  # one page in flight per run (below): a document's pages take ~6 s
 WAIT_S = 180  # a run launched by the killed daemon but never started fails at the 60 s start timeout
@@ -89,9 +90,9 @@ class Stack:
         """Register `count` new PDFs of PAGES distinct pages as `documents` partitions."""
         ids = []
         for n in range(count):
-            pages = [[*LINES, f"{name} document {n} page {p + 1}"] for p in range(PAGES)]
+            pages = [[*DISCHARGE_LINES, f"{name} document {n} page {p + 1}"] for p in range(PAGES)]
             body = text_pages_pdf(pages)
-            for digest, lines in zip(page_hashes(body), pages, strict=True):
+            for digest, lines in zip(page_hashes(body, MODEL), pages, strict=True):
                 self.answers.text[digest] = "\n\n".join(lines)
             path = self.data.parent / "pdfs" / f"{name}-{n}.pdf"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ class Stack:
             ref = file_ref(path)
             register(self.storage, ref)
             add_partition(self.dagster, ref.document_id)
-            digests = page_hashes(body)
+            digests = page_hashes(body, MODEL)
             self.documents_pages[ref.document_id] = digests
             self.pages.update({(hashlib.sha256(body).hexdigest(), index): digest for index, digest in enumerate(digests)})
             ids.append(ref.document_id)

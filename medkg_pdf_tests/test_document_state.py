@@ -16,14 +16,11 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-import pymupdf
 import pytest
 from dagster import AssetKey, AssetPartitionStatus, DagsterEventType, DagsterInstance, materialize
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import document_assets
-from medkg_pdf.profiles import get_profile
-from medkg_pdf.rendering import render_page
 from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
 from medkg_pdf.defs.partitions import documents
 from medkg_pdf.resources.quality import QualityTargets
@@ -31,18 +28,11 @@ from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.defs.documents.schedules import reconcile
 from medkg_pdf.schemas import QuarantineRecord, SourceRef, utc_now
 from medkg_pdf.sources import file_ref, register
-from medkg_pdf.validation import MAX_IMAGE_BYTES
 from medkg_pdf_tests.support import pdf_factory
-from medkg_pdf_tests.support.chain import register_files, vllm_for
+from medkg_pdf_tests.support.chain import page_hashes, register_files, vllm_for
 from medkg_pdf_tests.support.vllm_double import VllmDouble, _RequestError, default_answer
 
 MODEL = "medkg-embedded-ocr"
-
-
-def page_hashes(pdf: bytes) -> list[str]:
-    """sha256 of each page image exactly as the pipeline renders and sends it, in page order."""
-    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
-        return [hashlib.sha256(render_page(page, "unused", get_profile(None, MODEL).render_target(), MAX_IMAGE_BYTES).png).hexdigest() for page in doc]
 
 
 class FlakyFor:

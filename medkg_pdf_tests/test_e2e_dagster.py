@@ -40,6 +40,7 @@ from medkg_pdf_tests.support.live_dagster import (
     SENSOR,
     add_partition,
     live_dagster,
+    partition_status,
     postgres_bin_dir,
     postgres_cluster,
     postgres_storage_yaml,
@@ -47,8 +48,8 @@ from medkg_pdf_tests.support.live_dagster import (
     wait_for,
     write_instance,
 )
+from medkg_pdf_tests.support.chain import page_hashes
 from medkg_pdf_tests.support.pdf_factory import encrypted_pdf, text_pdf, truncated_pdf
-from medkg_pdf_tests.test_document_state import page_hashes
 from medkg_pdf_tests.support.vllm_double import VllmDouble, _RequestError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -79,7 +80,7 @@ class Answers:
     """Faithful answers; the first three requests for each flaky page get HTTP 503 (its first step attempt fails)."""
 
     def __init__(self, flaky: dict[bytes, str]):
-        self.flaky = {digest: lines for pdf_bytes, lines in flaky.items() for digest in page_hashes(pdf_bytes)}
+        self.flaky = {digest: lines for pdf_bytes, lines in flaky.items() for digest in page_hashes(pdf_bytes, MODEL)}
         self.refused: dict[str, int] = {}
         self.lock = threading.Lock()
 
@@ -116,21 +117,6 @@ def inbox(moto_server):
 
 
 # -- what the UI asks the webserver -----------------------------------------------------------
-
-PARTITION_STATUS = """
-query ($assetKey: AssetKeyInput!) {
-  assetNodeOrError(assetKey: $assetKey) {
-    ... on AssetNode { assetPartitionStatuses { ... on DefaultPartitionStatuses {
-      materializedPartitions failedPartitions materializingPartitions } } }
-  }
-}"""
-
-def partition_status(dagster, asset: str = "parse_quality") -> dict[str, set[str]]:
-    data = dagster.graphql(PARTITION_STATUS, assetKey={"path": [asset]})
-    statuses = data["assetNodeOrError"]["assetPartitionStatuses"]
-    names = ("materializedPartitions", "failedPartitions", "materializingPartitions")
-    return {name: set(statuses[name]) for name in names}
-
 
 def partition_keys(dagster, asset: str = "parse_quality") -> list[str]:
     data = dagster.graphql(

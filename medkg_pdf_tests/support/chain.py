@@ -44,6 +44,21 @@ def register_files(storage: DocumentStorage, instance, paths: list[Path]) -> lis
     return ids
 
 
+def page_hashes(pdf: bytes, model: str = EMBEDDED_MODEL) -> list[str]:
+    """sha256 of each page image exactly as the pipeline renders it for `model` and sends it, in page order."""
+    import hashlib
+
+    import pymupdf
+
+    from medkg_pdf.profiles import get_profile
+    from medkg_pdf.rendering import render_page
+    from medkg_pdf.validation import MAX_IMAGE_BYTES
+
+    target = get_profile(None, model).render_target()
+    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
+        return [hashlib.sha256(render_page(page, "unused", target, MAX_IMAGE_BYTES).png).hexdigest() for page in doc]
+
+
 def vllm_for(url: str, **settings) -> VLLMResource:
     """A `VLLMResource` for the server at `url` that backs off for tenths of a second, not seconds."""
     defaults = dict(base_url=url, model=EMBEDDED_MODEL, backoff_initial_s=0.05, backoff_max_s=0.5)

@@ -207,6 +207,23 @@ def start_daemon(home: Path, env: dict[str, str], name: str = "dagster-daemon") 
     return Process(name, argv, env, REPO_ROOT, home)
 
 
+PARTITION_STATUS = """
+query ($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode { assetPartitionStatuses { ... on DefaultPartitionStatuses {
+      materializedPartitions failedPartitions materializingPartitions } } }
+  }
+}"""
+
+
+def partition_status(dagster: LiveDagster, asset: str = "parse_quality") -> dict[str, set[str]]:
+    """An asset's partitions by state, as the UI's partition bar shows them."""
+    data = dagster.graphql(PARTITION_STATUS, assetKey={"path": [asset]})
+    statuses = data["assetNodeOrError"]["assetPartitionStatuses"]
+    names = ("materializedPartitions", "failedPartitions", "materializingPartitions")
+    return {name: set(statuses[name]) for name in names}
+
+
 def daemons_healthy(live: LiveDagster) -> bool:
     """Every required daemon has sent a heartbeat lately (the webserver's answer, as the UI shows it)."""
     live.check_alive()
