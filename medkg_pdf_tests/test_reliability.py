@@ -24,7 +24,7 @@ from medkg_pdf.resources.quality import QualityTargets
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.documents import document_assets
 from medkg_pdf.schemas import QuarantineRecord
-from medkg_pdf.schemas import PageImages, PageParse, SourceInfo
+from medkg_pdf.schemas import PageImages, PageParse, PageStatus, SourceInfo
 from medkg_pdf.cli import threaded_instance
 from medkg_pdf_tests.support import pdf_factory
 from medkg_pdf_tests.support.chain import register_files, vllm_for
@@ -209,15 +209,20 @@ def test_api_key_and_aws_secret_never_written_anywhere(tmp_path, caplog, moto_se
 
 
 def test_model_output_is_capped_and_cannot_inject_html_into_the_ui(tmp_path, storage, instance):
-    evil = "<script>alert('x')</script>\n\n# Title\n\n" + "A" * 300_000
-    with VllmDouble(model=MODEL, answer=lambda png, body: evil) as double:
+    """A page really sent (real text on it: a near-blank page might not be) and answered with 300 000
+    characters that are no loop (each word differs), led by a script tag."""
+    evil = "<script>alert('x')</script>\n\n# Title\n\n" + " ".join(f"dose{i}" for i in range(40_000))
+    assert len(evil) > 300_000
+    with VllmDouble(model=MODEL, answer=lambda png, body: evil, max_model_len=400_000) as double:
         pdf = tmp_path / "x.pdf"
-        pdf.write_bytes(pdf_factory.text_pdf(["x"], pages=1))
+        pdf.write_bytes(pdf_factory.text_pdf(["Amoxicillin 500 mg every 8 hours"], pages=1))
         (doc_id,) = register_files(storage, instance, [pdf])
         result = materialize(document_assets, partition_key=doc_id, instance=instance, raise_on_error=False,
                              resources={"storage": storage, "vllm": vllm_for(double.url, max_tokens=200_000, max_model_len=400_000), "inbox_s3": S3Resource(), "quality_targets": QualityTargets()})  # fmt: skip
     (parse_path,) = [k for k in storage.list_keys("cache") if "/parses/" in k]
-    assert len(storage.read_model(parse_path, PageParse).markdown) <= 200_000
+    stored = storage.read_model(parse_path, PageParse)
+    assert stored.status is PageStatus.ok
+    assert 100_000 < len(stored.markdown) <= 200_000
     previews = [
         e.event_specific_data.materialization.metadata["first_page_preview"].value
         for e in result.get_asset_materialization_events()
