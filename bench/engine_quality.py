@@ -1,7 +1,7 @@
 """How well does the embedded engine read? One step: the OCR engine on pages rendered as the pipeline renders them.
 
 Every sample PDF of `medkg_pdf.samples` (exact per-page text known) is rendered with the
-pipeline's own `draw_page` at 150 DPI, read by `OcrEngine.to_markdown`, and compared with the truth:
+pipeline's own `draw_page` to the embedded profile's render target, read by `OcrEngine.to_markdown`, and compared with the truth:
 
 * word recall: share of the truth's words (bag of words, `metrics.words`) found in the output;
 * numeric recall: `metrics.numeric_recall`, the measure the 0.99 quality gate uses;
@@ -25,10 +25,11 @@ import pymupdf
 
 from medkg_pdf import metrics
 from medkg_pdf.page_render import draw_page
+from medkg_pdf.profiles import PROFILES
 from medkg_pdf.samples import sample_pdfs
 from medkg_pdf.validation import MAX_IMAGE_BYTES
 
-DPI = 150  # RenderConfig's default
+TARGET = PROFILES["embedded-ocr"].render_target()  # what the pipeline draws pages to for this engine
 
 
 @dataclass
@@ -72,7 +73,7 @@ def rendered_samples() -> list[tuple[str, list[tuple[bytes, str]]]]:
     out = []
     for sample in sample_pdfs():
         with pymupdf.open(stream=sample.data, filetype="pdf") as doc:
-            pages = [(draw_page(doc[i], DPI, MAX_IMAGE_BYTES)[0], truth) for i, truth in enumerate(sample.pages) if truth]
+            pages = [(draw_page(doc[i], TARGET, MAX_IMAGE_BYTES)[0], truth) for i, truth in enumerate(sample.pages) if truth]
         out.append((sample.name, pages))
     return out
 

@@ -274,11 +274,13 @@ class OcrEngine:
 # bold and large lines ("DISCHARGESUMMARY"). The ink does not: `_respace` puts a space back where the
 # blank gap between two characters it read is wider than any gap inside a word. Gaps are measured in
 # em (`_nominal_height`). Measured on the rendered samples (Helvetica, Times, Courier, 8-18 pt, 150
-# DPI): gaps between letters of one word stay under 0.24 em, dropped word spaces measure 0.24-0.45 em.
-# Digits and punctuation have wider side bearings ("11" in Helvetica: 0.29-0.31 em), so pairs with
-# one need 0.32 em (a space between digits measures about 0.38 em).
+# DPI and the embedded render target): gaps between letters of one word stay under 0.24 em, dropped
+# word spaces measure 0.24-0.45 em. Digits and punctuation have wider side bearings, so a pair with one
+# needs 0.30 em; the digit 1 the widest ("11" in Helvetica measures 0.29-0.31 em, a space between two
+# digits 0.31-0.36 em), so two digits with a 1 need 0.40 em.
 _LETTER_GAP_EM = 0.24
-_OTHER_GAP_EM = 0.32
+_OTHER_GAP_EM = 0.30
+_DIGIT_ONE_GAP_EM = 0.40
 # In a line where the recogniser did read spaces, a new one must also be nearly as wide as those:
 # monospaced fonts have wide gaps inside words too ("i" and "l" sit in a full-width cell).
 _READ_SPACE_SHARE = 0.75
@@ -320,7 +322,9 @@ def _gap_needed(earlier: str, before: str, ch: str) -> float:
         return math.inf
     if before in ".:" and earlier.isdigit() and ch.isdigit():
         return math.inf
-    return _LETTER_GAP_EM if before.isalpha() and ch.isalpha() else _OTHER_GAP_EM
+    if before.isalpha() and ch.isalpha():
+        return _LETTER_GAP_EM
+    return _DIGIT_ONE_GAP_EM if before.isdigit() and ch.isdigit() and "1" in (before, ch) else _OTHER_GAP_EM
 
 
 def _widest_run(blank: np.ndarray, start: float, stop: float) -> int:
