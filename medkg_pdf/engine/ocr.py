@@ -294,6 +294,7 @@ def _respace(text: str, chars: Sequence[str], char_boxes: Sequence[Any], gray: n
     `chars` and `char_boxes` are the recogniser's characters (spaces included) and their boxes, centred
     on the CTC column that emitted each one; the widest ink-free run of pixel columns between two
     centres is the gap between the characters. Lines the positions don't match are left as read."""
+    text, chars = text.translate(_FULLWIDTH_TO_ASCII), [ch.translate(_FULLWIDTH_TO_ASCII) for ch in chars]
     x0, y0, x1, y1 = (int(v) for v in box)
     if "".join(chars) != text or len(char_boxes) != len(chars) or y1 - y0 < 4 or x1 - x0 < y1 - y0:
         return text
