@@ -5,7 +5,8 @@
 3. The OpenAI-compatible server, run by uvicorn on a loopback port and spoken to over real HTTP,
    exactly as the pipeline's client speaks to vLLM.
 
-The OCR model is loaded once for the module; every page is small or rendered at 150 DPI.
+The OCR model is loaded once for the module; every page is small, rendered at 150 DPI or at the
+embedded profile's render target.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.applications import Starlette
 
 from medkg_pdf.engine.ocr import OcrEngine, OcrLine, OcrPage, lines_to_markdown
 from medkg_pdf.engine.server import MAX_IMAGE_BYTES, create_app
+from medkg_pdf.profiles import PROFILES
 
 API_KEY = "test-key-5f2c9a"
 MODEL = "medkg-embedded-ocr"
@@ -186,6 +188,40 @@ def test_blank_page_gives_no_lines_and_empty_markdown(engine: OcrEngine):
 def test_rgba_and_grayscale_pngs_are_read(engine: OcrEngine, options: dict):
     png = render(["Lisinopril 10 mg once daily"], width=300, height=40, **options)
     assert [found.text for found in engine.recognize(png)] == ["Lisinopril 10 mg once daily"]
+
+
+def render_strip(lines: list[tuple[str, str, float]]) -> bytes:
+    """PNG of the top of a letter page holding (text, font, size) lines, drawn at the scale the
+    pipeline draws pages for the embedded engine (only the strip is rendered, to keep the test fast)."""
+    document = pymupdf.open()
+    page = document.new_page(width=612, height=792)
+    y = 40.0
+    for text, font, size in lines:
+        y += size * 1.6
+        page.insert_text((72, y), text, fontname=font, fontsize=size)
+    scale = PROFILES["embedded-ocr"].render_target().scale(page.rect.width, page.rect.height)
+    return page.get_pixmap(matrix=pymupdf.Matrix(scale, scale), clip=pymupdf.Rect(0, 20, 612, y + 14)).tobytes("png")
+
+
+def test_large_bold_headings_keep_their_word_spaces(engine: OcrEngine):
+    """The recogniser runs bold capitals together ("DISCHARGESUMMARY"); the spaces come back from the
+    blank gaps between the characters it read."""
+    headings = [("DISCHARGE SUMMARY", 12), ("AMOXICILLIN CAPSULES, USP", 18), ("DOSAGE AND ADMINISTRATION", 11),
+                ("ADVERSE REACTIONS", 11), ("INDICATIONS AND USAGE", 11), ("SECONDARY DIAGNOSES", 10.5),
+                ("DISCHARGE MEDICATIONS", 10.5), ("RIVERSIDE UNIVERSITY HOSPITAL", 13), ("PRINCIPAL DIAGNOSIS", 10.5),
+                ("HOSPITAL COURSE", 10.5)]
+    png = render_strip([(text, "hebo", size) for text, size in headings])  # Helvetica Bold
+    assert [found.text for found in engine.recognize(png)] == [text for text, _size in headings]
+
+
+def test_numbers_run_together_are_separated_and_decimals_and_times_stay_whole(engine: OcrEngine):
+    """A date run into the time ("202506:00") loses two numbers from numeric recall; the gap puts the
+    space back, while the narrow gaps inside "1.73", "14:32" and "11.0" get none."""
+    png = render_strip([("Collected 01/05/2025 06:00", "hebo", 10), ("Table 1. Dosage for Adults Older than 3 Months", "hebo", 9),
+                        ("eGFR 52 mL/min/1.73 m2, WBC 11.2 x10^9/L (ref 4.0-11.0) at 14:32", "helv", 9.5)])
+    texts = [found.text for found in engine.recognize(png)]
+    assert texts[:2] == ["Collected 01/05/2025 06:00", "Table 1. Dosage for Adults Older than 3 Months"]
+    assert all(number in texts[2] for number in ["1.73", "11.2", "4.0-11.0", "14:32"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ _UNCLIP_RATIO = 2.0
 # but a 900x160 strip becomes 4140x736 and takes seconds. Page renders need no upscaling; only shrink
 # images whose longer side exceeds 2000 px (RapidOCR shrinks those anyway).
 _DETECTOR_LIMIT = {"det_limit_type": "max", "det_limit_side_len": 2000}
+_BOX_THRESH = 0.5  # RapidOCR's default
 
 
 class ImageDecodeError(ValueError):
@@ -244,20 +245,96 @@ class OcrEngine:
         return lines_to_grounded(self._read(image), width, height)
 
     def _read(self, image: np.ndarray) -> list[OcrLine]:
-        result, _elapsed = self._ensure_model()(_pad_to_sane_aspect(image))
+        # Any keyword makes RapidOCR 1.4 reset unclip_ratio, box_thresh and text_score to its defaults,
+        # so all three are passed again with the one we need: the recogniser's character positions.
+        result, _elapsed = self._ensure_model()(
+            _pad_to_sane_aspect(image),
+            return_word_box=True,
+            unclip_ratio=_UNCLIP_RATIO,
+            box_thresh=_BOX_THRESH,
+            text_score=self._min_score,
+        )
         if not result:
             return []
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         lines = []
-        for polygon, text, score in result:
-            text = _clean_text(text)
-            if not text:
-                continue
+        for polygon, text, score, char_boxes, chars, *_ in result:
             xs = [point[0] for point in polygon]
             ys = [point[1] for point in polygon]
             box = _ink_box(gray, (min(xs), min(ys), max(xs), max(ys)))
-            lines.append(OcrLine(text=text, box=box, score=float(score)))
+            text = _clean_text(_respace(text, chars, char_boxes, gray, box))
+            if text:
+                lines.append(OcrLine(text=text, box=box, score=float(score)))
         return lines
+
+
+# ----- word spaces ----------------------------------------------------------------------------------
+
+# The recogniser (trained mostly on Chinese, which has no word spaces) often runs words together in
+# bold and large lines ("DISCHARGESUMMARY"). The ink does not: `_respace` puts a space back where the
+# blank gap between two characters it read is wider than any gap inside a word. Gaps are measured in
+# em (`_nominal_height`). Measured on the rendered samples (Helvetica, Times, Courier, 8-18 pt, 150
+# DPI and the embedded render target): gaps between letters of one word stay under 0.24 em, dropped
+# word spaces measure 0.24-0.45 em. Digits and punctuation have wider side bearings, so a pair with one
+# needs 0.30 em; the digit 1 the widest ("11" in Helvetica measures 0.29-0.31 em, a space between two
+# digits 0.31-0.36 em), so two digits with a 1 need 0.40 em.
+_LETTER_GAP_EM = 0.24
+_OTHER_GAP_EM = 0.30
+_DIGIT_ONE_GAP_EM = 0.40
+# In a line where the recogniser did read spaces, a new one must also be nearly as wide as those:
+# monospaced fonts have wide gaps inside words too ("i" and "l" sit in a full-width cell).
+_READ_SPACE_SHARE = 0.75
+_NO_SPACE_AFTER = set("([{/^'\"$#")
+_NO_SPACE_BEFORE = set(".,:;)]}%/^'\"!?")
+
+
+def _respace(text: str, chars: Sequence[str], char_boxes: Sequence[Any], gray: np.ndarray, box: tuple[float, float, float, float]) -> str:
+    """`text` with a space between consecutive characters that a word-wide blank gap separates.
+
+    `chars` and `char_boxes` are the recogniser's characters (spaces included) and their boxes, centred
+    on the CTC column that emitted each one; the widest ink-free run of pixel columns between two
+    centres is the gap between the characters. Lines the positions don't match are left as read."""
+    text, chars = text.translate(_FULLWIDTH_TO_ASCII), [ch.translate(_FULLWIDTH_TO_ASCII) for ch in chars]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if "".join(chars) != text or len(char_boxes) != len(chars) or y1 - y0 < 4 or x1 - x0 < y1 - y0:
+        return text
+    band = gray[y0:y1, x0:x1]
+    paper = np.percentile(band, 90)  # not the median, which a bold line's ink outweighs
+    blank = (band > paper - 60).all(axis=0)
+    em = _nominal_height(OcrLine(text=text, box=box, score=0.0))
+    centres = [(char_box[0][0] + char_box[1][0]) / 2 - x0 for char_box in char_boxes]
+    read = [(ch, centre, i > 0 and chars[i - 1] == " ") for i, (ch, centre) in enumerate(zip(chars, centres)) if ch != " "]
+    gaps = [_widest_run(blank, a[1], b[1]) / em for a, b in zip(read, read[1:])]
+    read_spaces = [gap for gap, (_ch, _x, spaced) in zip(gaps, read[1:]) if spaced]
+    floor = _READ_SPACE_SHARE * statistics.median(read_spaces) if read_spaces else 0.0
+    out = [read[0][0]] if read else []
+    for i, (gap, (ch, _x, spaced)) in enumerate(zip(gaps, read[1:]), start=1):
+        earlier = read[i - 2][0] if i >= 2 else ""
+        if spaced or gap >= max(floor, _gap_needed(earlier, read[i - 1][0], ch)):
+            out.append(" ")
+        out.append(ch)
+    return "".join(out)
+
+
+def _gap_needed(earlier: str, before: str, ch: str) -> float:
+    """The gap (em) that makes a word space between `before` and `ch`; infinite where none belongs
+    (before closing punctuation, after opening, inside "1.73" or "14:32")."""
+    if before in _NO_SPACE_AFTER or ch in _NO_SPACE_BEFORE:
+        return math.inf
+    if before in ".:" and earlier.isdigit() and ch.isdigit():
+        return math.inf
+    if before.isalpha() and ch.isalpha():
+        return _LETTER_GAP_EM
+    return _DIGIT_ONE_GAP_EM if before.isdigit() and ch.isdigit() and "1" in (before, ch) else _OTHER_GAP_EM
+
+
+def _widest_run(blank: np.ndarray, start: float, stop: float) -> int:
+    """Length of the longest run of True in blank[start:stop]."""
+    segment = blank[max(int(start), 0) : max(int(math.ceil(stop)), 0) + 1]
+    if not segment.any():
+        return 0
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], segment.astype(np.int8), [0]))))
+    return int((edges[1::2] - edges[::2]).max())
 
 
 def _pad_to_sane_aspect(image: np.ndarray) -> np.ndarray:
