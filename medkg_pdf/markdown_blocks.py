@@ -168,7 +168,7 @@ def markdown_to_blocks(markdown: str, page: int) -> list[Block]:
             i += 3
         elif token.type in ("bullet_list_open", "ordered_list_open"):
             close = token.type.replace("_open", "_close")
-            depth, items, j = 0, [], i
+            depth, items, j, number = 0, [], i, ""
             while j < len(tokens):
                 if tokens[j].type == token.type:
                     depth += 1
@@ -176,8 +176,12 @@ def markdown_to_blocks(markdown: str, page: int) -> list[Block]:
                     depth -= 1
                     if depth == 0:
                         break
+                elif tokens[j].type == "list_item_open" and tokens[j].info:
+                    # an ordered item keeps its number: "2. Methods", reference "1. Singer M" are content
+                    number = f"{tokens[j].info}{tokens[j].markup} "
                 elif tokens[j].type == "inline":
-                    items.append(_inline_text(tokens[j]))
+                    items.append(number + _inline_text(tokens[j]))
+                    number = ""
                 j += 1
             items = [item for item in items if item]
             if items:

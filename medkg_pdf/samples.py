@@ -820,7 +820,7 @@ def _speckled_blank_scan() -> SamplePdf:
 
 
 def _garbled_text_layer() -> SamplePdf:
-    doc = pymupdf.open()
+    parts: list[bytes] = []
     pages: list[str] = []
     for heading, body in (
         ("METFORMIN HYDROCHLORIDE TABLETS", "Start with 500 mg twice daily with meals. Increase the dose by 500 mg "
@@ -828,16 +828,20 @@ def _garbled_text_layer() -> SamplePdf:
         ("MONITORING", "Check kidney function before starting and at least once a year. Do not use if the eGFR is "
          "below 30 mL/min/1.73 m2."),
     ):
-        page = _new_page(doc)
+        doc = pymupdf.open()  # a document per page: the pages of one PDF share its font object (and its map)
         out: list[str] = []
-        f = _Flow(page, [(MARGIN, PAGE_W - MARGIN)], top=MARGIN, bottom=PAGE_H - 60, out=out)
+        f = _Flow(_new_page(doc), [(MARGIN, PAGE_W - MARGIN)], top=MARGIN, bottom=PAGE_H - 60, out=out)
         f.heading(heading, size=13)
         f.para(body, font=SANS, size=11)
         pages.append("\n".join(out))
-    data = _finish(doc, "Metformin label", "Garbled text layer")
+        parts.append(_finish(doc, "Metformin label", "Garbled text layer"))
+    joined = pymupdf.open()
+    for index, part in enumerate(parts):
+        with pymupdf.open(stream=shifted_encoding(part, {0}) if index == 0 else part, filetype="pdf") as page_doc:
+            joined.insert_pdf(page_doc)
     return SamplePdf(
         name="case-garbled-text-layer.pdf",
-        data=shifted_encoding(data, {0}),
+        data=_finish(joined, "Metformin label", "Garbled text layer"),
         pages=pages,
         description="Page 1's font carries a ToUnicode map shifted by one code point: it renders correctly "
         "and its text layer reads as nonsense ('Nfugpsnjo'); page 2 is sound.",

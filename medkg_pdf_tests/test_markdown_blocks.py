@@ -68,3 +68,10 @@ def test_document_sections_title_and_provenance():
     rendered = to_markdown(document)
     assert "| Ear/Nose/Throat | 500 mg every 12 hours | 25 mg/kg/day |" in rendered
     assert markdown_to_blocks(rendered, 1)[3].rows == document.blocks()[3].rows
+
+
+def test_ordered_list_items_keep_their_numbers():
+    """Section numbers and reference numbers are content ("2. Methods", "1. Singer M"): numeric recall counts them."""
+    [block] = markdown_to_blocks("2. Methods\n3. Results\n\n- plain bullet", page=1)[:1]
+    assert block.items == ["2. Methods", "3. Results"]
+    assert markdown_to_blocks("- plain bullet", page=1)[0].items == ["plain bullet"]

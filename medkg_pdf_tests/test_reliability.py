@@ -104,7 +104,8 @@ def test_decompression_bomb_renders_bounded(tmp_path, storage, instance, double)
     (doc_id,) = register_files(storage, instance, [path])
     assert run_one(instance, storage, vllm_for(double.url), doc_id).success
     (image,) = storage.read_model(storage_keys.page_images(doc_id), PageImages).pages
-    assert (image.width, image.height) == (1275, 1650)  # the letter page at 150 DPI; the 900 MB image inside it
+    # the letter page at the model's render target (longest side 2000 px); the 900 MB image inside it
+    assert max(image.width, image.height) == vllm_for(double.url).render_target().longest_side == 2000
     # decoded downsampled (the memory bound itself: test_render.py draws it in a process capped at 1 200 MB)
 
 

@@ -805,20 +805,45 @@ def _take_table(rows: list[_Row], i: int, style: _PageStyle) -> tuple[str, int] 
     """
     columns = [[cell.x0, cell.x1] for cell in rows[i].cells]
     grid = [[cell.text for cell in rows[i].cells]]
+    spanning: dict[int, str] = {}  # a cell spanning down into the next row: its slot and text
     j = i + 1
-    while j < len(rows) and len(rows[j].cells) >= 2 and rows[j].top - rows[j - 1].bottom <= 2 * style.body_height:
-        slots = _fit_columns(rows[j].cells, columns)
+    while j < len(rows) and rows[j].top - rows[j - 1].bottom <= 2 * style.body_height:
+        if len(rows[j].cells) == 1 and len(grid) >= 2:
+            spanned = _spanning_cell(rows, j, columns, grid[-1])
+            if spanned is None:
+                break
+            slot, text = spanned
+            grid[-1][slot] = spanning[slot] = text  # its text fills every row it covers, as HTML spans are expanded
+            j += 1
+            continue
+        slots = _fit_columns(rows[j].cells, columns) if len(rows[j].cells) >= 2 else None
         if slots is None:
             break
         record = [""] * len(columns)
         for cell, slot in zip(rows[j].cells, slots):
             record[slot] = cell.text
             columns[slot] = [min(columns[slot][0], cell.x0), max(columns[slot][1], cell.x1)]
+        for slot, text in spanning.items():
+            record[slot] = record[slot] or text
+        spanning = {}
         grid.append(record)
         j += 1
     if len(grid) < 2:
         return None
     return _pipe_table(grid), j
+
+
+def _spanning_cell(rows: list[_Row], j: int, columns: list[list[float]], above: list[str]) -> tuple[int, str] | None:
+    """A lone cell between two table rows, in a column both leave empty: a cell spanning them (rowspan),
+    drawn vertically centred, so OCR sees it as a line of its own. None when it is anything else."""
+    (cell,) = rows[j].cells
+    slots = _fit_columns([cell], columns)
+    if slots is None or above[slots[0]] or j + 1 >= len(rows) or len(rows[j + 1].cells) < 2:
+        return None
+    below = _fit_columns(rows[j + 1].cells, columns)
+    if below is None or slots[0] in below:
+        return None
+    return slots[0], cell.text
 
 
 def _fit_columns(cells: Sequence[OcrLine], columns: list[list[float]]) -> list[int] | None:

@@ -12,7 +12,7 @@ from medkg_pdf.markdown_blocks import markdown_to_blocks
 from medkg_pdf.page_selection import pages_label
 from medkg_pdf.defs.partitions import document_asset
 from medkg_pdf.resources.storage import DocumentStorage
-from medkg_pdf.schemas import FURNITURE_KINDS, Block, PageImages, PageParse, PageParses, Section, StructuredDocument
+from medkg_pdf.schemas import FURNITURE_KINDS, Block, PageImage, PageImages, PageParse, PageParses, Section, StructuredDocument
 
 PREVIEW_PAGES = 2
 _HEADING_LEVEL = {"title": 1, "sub_title": 2}
@@ -64,8 +64,15 @@ def _sections(blocks: list[Block]) -> list[Section]:
     return sections
 
 
+def page_size_pt(image: PageImage) -> tuple[float, float]:
+    """The page's own size as recorded when it was drawn; from the image and its (rounded) scale for older manifests."""
+    if image.width_pt and image.height_pt:
+        return image.width_pt, image.height_pt
+    return image.width * 72 / image.dpi, image.height * 72 / image.dpi
+
+
 def build_document(parses: PageParses, images: PageImages | None = None) -> StructuredDocument:
-    sizes = {i.index: (i.width * 72 / i.dpi, i.height * 72 / i.dpi) for i in images.pages} if images else {}
+    sizes = {i.index: page_size_pt(i) for i in images.pages} if images else {}
     ordered = sorted(parses.pages, key=lambda p: p.page_index)
     pages = [page_blocks(parse, sizes.get(parse.page_index)) for parse in ordered]
     heights = {index + 1: size[1] for index, size in sizes.items()}
