@@ -108,12 +108,13 @@ def fail_orphaned_runs(instance, storage) -> list[str]:
     from dagster import DagsterRunStatus, RunsFilter
 
     from medkg_pdf.defs.document_steps import DocumentError, quarantine
+    from medkg_pdf.engine.process import process_alive
 
     orphaned = []
     runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING], tags={"medkg/trigger": "cli"}))
     for run in runs:
         pid = int(run.tags.get(CLI_PID_TAG, "0") or 0)
-        if pid and pid != os.getpid() and _alive(pid):
+        if pid and pid != os.getpid() and process_alive(pid):
             continue
         message = (
             f"the medkg-pdf process running it (pid {pid or 'unknown'}) died before the run ended: killed, "
@@ -125,16 +126,6 @@ def fail_orphaned_runs(instance, storage) -> list[str]:
             quarantine(storage, document_id, "run", DocumentError(message, retryable=True, reason="process_died"), run_id=run.run_id)
         orphaned.append(run.run_id)
     return orphaned
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 GLOB_CHARS = set("*?[")

@@ -49,7 +49,8 @@ MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 DISCHARGE_LINES = ["Discharge medication", "Amoxicillin 500 mg every 8 hours for 7 days", "Ibuprofen 400 mg twice daily"]
 PAGES = 4
 LATENCY = Faults(latency_s=1.5)  # one page in flight per run (below): a document's pages take ~6 s
-WAIT_S = 180  # a run launched by the killed daemon but never started fails at the 60 s start timeout
+WAIT_S = 180
+RUN_START_TIMEOUT_S = 15  # a run launched by the killed daemon but never started is failed after this (60 s in dagster.yaml)
 IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 CHAIN_RECORDS = {  # what each stage stores; the UI must never show a stage materialized without it
     "source_pdf": storage_keys.source_info,
@@ -127,7 +128,7 @@ def stack(tmp_path_factory):
     answers = Answers()
     with postgres_cluster(bin_dir) as pg, VllmDouble(model=MODEL, answer=answers, faults=LATENCY) as double:
         home, data = root / "dagster_home", root / "data"
-        write_instance(home, postgres_storage_yaml(pg))
+        write_instance(home, postgres_storage_yaml(pg), run_start_timeout_s=RUN_START_TIMEOUT_S)
         env = {
             **os.environ,
             "MEDKG_ENV": "local",

@@ -132,10 +132,14 @@ class LiveDagster:
                 raise AssertionError(f"{process.name} exited with {process.popen.returncode}\n{self.logs()}")
 
 
-def write_instance(home: Path, storage_yaml: str | None) -> None:
-    """The project's own dagster.yaml (run queue, pools, run retries), plus a storage section."""
+def write_instance(home: Path, storage_yaml: str | None, run_start_timeout_s: int | None = None) -> None:
+    """The project's own dagster.yaml (run queue, pools, run retries), plus a storage section; a shorter
+    run-monitoring start timeout when a test kills a daemon before its runs' workers start."""
     home.mkdir(parents=True, exist_ok=True)
     config = (REPO_ROOT / "dagster.yaml").read_text()
+    if run_start_timeout_s is not None:
+        assert "start_timeout_seconds: 60" in config, "dagster.yaml's run_monitoring.start_timeout_seconds moved"
+        config = config.replace("start_timeout_seconds: 60", f"start_timeout_seconds: {run_start_timeout_s}")
     if storage_yaml:
         config += "\n" + storage_yaml
     (home / "dagster.yaml").write_text(config)

@@ -14,7 +14,6 @@ handled by `medkg_pdf.cli.fail_orphaned_runs` (reason `process_died`).
 
 from __future__ import annotations
 
-import os
 import re
 
 from dagster import (
@@ -32,6 +31,7 @@ from dagster import (
 
 from medkg_pdf import storage_keys
 from medkg_pdf.defs.document_steps import quarantine
+from medkg_pdf.engine.process import process_alive
 from medkg_pdf.errors import DocumentError
 from medkg_pdf.resources.storage import DocumentStorage
 from medkg_pdf.schemas import QuarantineRecord
@@ -119,16 +119,6 @@ def run_worker_pid(instance: DagsterInstance, run: DagsterRun) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_dead_local_runs(instance: DagsterInstance, storage: DocumentStorage) -> list[str]:
     """Fail the runs started on this machine whose worker process is gone, and quarantine their documents.
 
@@ -148,7 +138,7 @@ def fail_dead_local_runs(instance: DagsterInstance, storage: DocumentStorage) ->
     failed = []
     for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])):
         pid = run_worker_pid(instance, run)
-        if pid is None or _alive(pid):
+        if pid is None or process_alive(pid):
             continue
         message = (
             f"the run's worker process (pid {pid}) died before the run ended, and so did the code server that "
