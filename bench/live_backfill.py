@@ -53,18 +53,10 @@ def parse_setting(text: str) -> tuple[int | None, int | None, int | None]:
 
 def backfill(dagster, partitions: list[str]) -> tuple[str, float, float]:
     """Launch a backfill of `partitions` over the chain; (id, monotonic launch time, seconds to a finished status)."""
-    from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
-    from medkg_pdf_tests.support.live_dagster import wait_for
+    from medkg_pdf_tests.support.live_dagster import launch_backfill, wait_for
 
     launched = time.monotonic()
-    data = dagster.graphql(
-        """mutation ($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-             __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
-        params={"partitionNames": partitions, "assetSelection": [{"path": k.path} for k in DOCUMENT_CHAIN],
-                "fromFailure": False, "tags": []},  # fmt: skip
-    )
-    backfill_id = data["launchPartitionBackfill"].get("backfillId")
-    assert backfill_id, data
+    backfill_id = launch_backfill(dagster, partitions)
 
     def status():
         dagster.check_alive()

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from medkg_pdf import storage_keys
-from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.schemas import QuarantineRecord
 from medkg_pdf.sources import file_ref, register
@@ -30,6 +29,7 @@ from medkg_pdf_tests.support.live_dagster import (
     LiveDagster,
     add_partition,
     daemons_healthy,
+    launch_backfill,
     live_dagster,
     partition_status,
     postgres_bin_dir,
@@ -174,19 +174,6 @@ def logs_on_failure(stack: Stack):
 # -- what the UI asks -------------------------------------------------------------------------
 
 
-def backfill(dagster: LiveDagster, partitions: list[str]) -> str:
-    """A partition backfill of the whole chain, as the UI's Materialize dialog launches it (one run per document)."""
-    data = dagster.graphql(
-        """mutation ($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-             __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
-        params={"partitionNames": partitions, "assetSelection": [{"path": key.path} for key in DOCUMENT_CHAIN],
-                "fromFailure": False, "tags": []},  # fmt: skip
-    )
-    backfill_id = data["launchPartitionBackfill"].get("backfillId")
-    assert backfill_id, data
-    return backfill_id
-
-
 def runs_of(dagster: LiveDagster, document_id: str) -> list[dict]:
     """Every run of a document: a backfill's (tagged with a one-document range), run retries, re-runs."""
     runs = {run["runId"]: run for key in ("dagster/partition", "dagster/asset_partition_range_start")
@@ -256,7 +243,7 @@ def test_daemon_killed_mid_backfill_every_document_ends_and_no_stored_page_is_as
     gone) and free their `vllm` pool slots, so run retries relaunch them and the backfill goes on."""
     documents = chaos.documents("daemon", 4)
     with logs_on_failure(chaos):
-        backfill(chaos.dagster, documents)
+        launch_backfill(chaos.dagster, documents)
         wait_mid_document(chaos, documents)
         chaos.dagster.kill_daemon()
         stored_before, asked_before = chaos.stored_parses(), Counter(chaos.answers.asked)  # what the kill left
@@ -277,7 +264,7 @@ def run_again_if_failed(stack: Stack, document_id: str) -> str:
     """What an operator (or the reconciliation schedule) does for a document whose runs all failed: run it again."""
     states = wait_for("the document's runs to end", lambda: ended(stack, [document_id]), WAIT_S)
     if states[document_id] == "failed":
-        backfill(stack.dagster, [document_id])
+        launch_backfill(stack.dagster, [document_id])
         wait_for("the re-run to start", lambda: any(r["status"] in IN_PROGRESS for r in runs_of(stack.dagster, document_id)) or None, WAIT_S)
         states = wait_for("the re-run to end", lambda: ended(stack, [document_id]), WAIT_S)
     return states[document_id]
@@ -288,7 +275,7 @@ def test_postgres_restarted_mid_run_the_document_completes_and_the_instance_stil
     rides it out or fails with a reason, a re-run completes, nothing is shown materialized unstored."""
     (document_id,) = chaos.documents("postgres", 1)
     with logs_on_failure(chaos):
-        backfill(chaos.dagster, [document_id])
+        launch_backfill(chaos.dagster, [document_id])
         wait_mid_document(chaos, [document_id])
         stored_before = chaos.stored_parses()
         chaos.pg["restart"]()
@@ -307,7 +294,7 @@ def test_model_server_dropped_mid_request_the_pages_in_flight_are_retried_and_no
     answer never sent) and comes back: the page is asked again, the pages already stored are not."""
     (document_id,) = chaos.documents("server", 1)
     with logs_on_failure(chaos):
-        backfill(chaos.dagster, [document_id])
+        launch_backfill(chaos.dagster, [document_id])
         wait_mid_document(chaos, [document_id])
         dropped = chaos.double.in_flight
         chaos.double.go_down()  # what was in flight is never answered

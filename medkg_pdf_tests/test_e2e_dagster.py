@@ -31,7 +31,6 @@ import boto3
 import httpx
 import pytest
 
-from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
 from medkg_pdf.resources.storage import LocalStorage
 from medkg_pdf.sources import register, s3_ref
 from medkg_pdf_tests.support.live_dagster import (
@@ -39,6 +38,7 @@ from medkg_pdf_tests.support.live_dagster import (
     REPOSITORY,
     SENSOR,
     add_partition,
+    launch_backfill,
     live_dagster,
     partition_status,
     postgres_bin_dir,
@@ -244,18 +244,7 @@ def _backfill_runs_one_document_per_run(dagster, inbox, storage, timings: dict[s
     assert len(cut_off) == 1
 
     started = time.monotonic()
-    data = dagster.graphql(
-        """mutation ($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-             __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
-        params={
-            "partitionNames": everything,
-            "assetSelection": [{"path": key.path} for key in DOCUMENT_CHAIN],
-            "fromFailure": False,
-            "tags": [],  # no run config: the code location's default executor is in-process
-        },
-    )
-    backfill_id = data["launchPartitionBackfill"].get("backfillId")
-    assert backfill_id, data
+    backfill_id = launch_backfill(dagster, everything)
 
     def finished():
         dagster.check_alive()

@@ -228,6 +228,22 @@ def partition_status(dagster: LiveDagster, asset: str = "parse_quality") -> dict
     return {name: set(statuses[name]) for name in names}
 
 
+def launch_backfill(dagster: LiveDagster, partitions: list[str]) -> str:
+    """A partition backfill of the whole document chain, as the UI's Materialize dialog launches it
+    (one run per document; no run config: the code location's default executor); its id."""
+    from medkg_pdf.defs.documents.jobs import DOCUMENT_CHAIN
+
+    data = dagster.graphql(
+        """mutation ($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+             __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
+        params={"partitionNames": partitions, "assetSelection": [{"path": key.path} for key in DOCUMENT_CHAIN],
+                "fromFailure": False, "tags": []},  # fmt: skip
+    )
+    backfill_id = data["launchPartitionBackfill"].get("backfillId")
+    assert backfill_id, data
+    return backfill_id
+
+
 def daemons_healthy(live: LiveDagster) -> bool:
     """Every required daemon has sent a heartbeat lately (the webserver's answer, as the UI shows it)."""
     live.check_alive()
