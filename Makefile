@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## generate sample medical PDFs and run the whole chain on the embedded engine
 	$(VENV)/bin/medkg-pdf demo
 
-test: $(STAMP)  ## the full test suite (what CI runs)
-	$(PY) -m pytest
+test: $(STAMP)  ## the full test suite (what CI runs): two workers, a test module each (its fixtures stay together)
+	$(PY) -m pytest -n 2 --dist loadfile
 
 ui: $(STAMP)  ## the Dagster UI on the demo's runs and outputs
 	mkdir -p .medkg-data/dagster_home && cp dagster.yaml .medkg-data/dagster_home/dagster.yaml
