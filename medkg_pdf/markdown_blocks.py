@@ -149,12 +149,15 @@ def _html_block(content: str, page: int) -> Block | None:
     return Block(kind="paragraph", page=page, text=text) if text else None
 
 
-def markdown_to_blocks(markdown: str, page: int) -> list[Block]:
+def markdown_to_blocks(markdown: str, page: int, line_confidence: list[float | None] | None = None) -> list[Block]:
+    """The page's blocks; with `line_confidence` (one value per markdown line), each block gets the mean
+    confidence of the lines it was parsed from (markdown-it's source map)."""
     tokens = _md.parse(markdown)
     blocks: list[Block] = []
     i = 0
     while i < len(tokens):
         token = tokens[i]
+        made = len(blocks)
         if token.type == "heading_open":
             text = _inline_text(tokens[i + 1])
             if text:
@@ -213,4 +216,14 @@ def markdown_to_blocks(markdown: str, page: int) -> list[Block]:
             i += 1
         else:
             i += 1
+        if line_confidence and token.map and len(blocks) > made:
+            blocks[made:] = _with_confidence(blocks[made:], line_confidence[token.map[0] : token.map[1]])
     return blocks
+
+
+def _with_confidence(blocks: list[Block], lines: list[float | None]) -> list[Block]:
+    scores = [score for score in lines if score is not None]
+    if not scores:
+        return blocks
+    confidence = round(sum(scores) / len(scores), 4)
+    return [block.model_copy(update={"confidence": confidence}) for block in blocks]

@@ -142,6 +142,7 @@ class Region(Record):
     kind: str
     text: str
     bbox: tuple[float, float, float, float]
+    confidence: float | None = None  # exp(mean token log-probability) of its text, when the server gives them
 
 
 class PageParse(Stored, Record):
@@ -152,6 +153,9 @@ class PageParse(Stored, Record):
     cache_key: str
     status: PageStatus
     markdown: str = ""
+    # the model's confidence in each line of `markdown` (exp of the mean token log-probability, 0..1; None for
+    # blank lines), when the server returned log-probabilities
+    line_confidence: list[float | None] | None = None
     error: str | None = None
     model: str
     profile: str = "qwen2.5-vl"
@@ -210,6 +214,11 @@ class Block(Record):
         default=None,
         description="(x0, y0, x1, y1) in PDF points, origin at the page's top-left corner, y downwards (PyMuPDF's "
         "page coordinates); present when the model gives boxes.",
+    )
+    confidence: float | None = Field(
+        default=None,
+        description="The model's confidence in the block's text: exp(mean token log-probability) over its lines, 0..1; "
+        "present when the model server returns log-probabilities (vLLM does; the embedded engine does not).",
     )
 
     @property

@@ -394,7 +394,27 @@ class ModelClient:
                 raise TypeError("content is not a string")
         except (ValueError, KeyError, IndexError, TypeError) as error:
             raise PageFailure(f"invalid response from server: {type(error).__name__}: {str(error)[:200]}", PageStatus.invalid_response) from None
-        return {"text": (text or "")[:MAX_ANSWER_CHARS], "finish_reason": choice.get("finish_reason"), "usage": payload.get("usage")}
+        return {
+            "text": (text or "")[:MAX_ANSWER_CHARS],
+            "finish_reason": choice.get("finish_reason"),
+            "usage": payload.get("usage"),
+            "logprobs": token_logprobs(choice.get("logprobs")),
+        }
+
+
+def token_logprobs(logprobs: Any) -> list[tuple[str, float]] | None:
+    """`choices[0].logprobs.content` as (token text, log-probability) pairs; None when absent or malformed
+    (a server that gives none, or an odd one, costs the confidence, never the page)."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return None
+    pairs = []
+    for entry in content:
+        token, logprob = (entry.get("token"), entry.get("logprob")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(token, str) or not isinstance(logprob, (int, float)) or logprob != logprob or logprob > 0:
+            return None
+        pairs.append((token, float(max(logprob, -100.0))))  # vLLM sends -9999.0 for "impossible"
+    return pairs
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:

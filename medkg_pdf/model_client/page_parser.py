@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import re
 import time
 from collections import Counter
@@ -55,6 +56,7 @@ class PageRecipe:
     sampling: SamplingParams
     model_revision: str = ""  # the served weights, set by the operator: the name alone survives a redeploy
     max_model_len: int | None = None  # configured context (None: the server's); it can shrink the image sent
+    logprobs: bool = True  # ask for token log-probabilities (blocks' confidence); not part of the cache key: no answer changes
 
     @classmethod
     def for_model(cls, model: str, profile: str | None = None) -> PageRecipe:
@@ -90,6 +92,7 @@ class PageRecipe:
             "model": self.model,
             "messages": page_messages(png, self.prompt),
             **sampling.model_dump(exclude_none=True),
+            **({"logprobs": True} if self.logprobs else {}),  # the model's confidence in each block; changes no token
             **self.profile.extra_body,
         }
 
@@ -151,6 +154,44 @@ def judge(answer: dict[str, Any], max_tokens: int) -> tuple[PageStatus, str | No
     if not text.strip():
         return PageStatus.empty, "empty answer for a page with ink"
     return PageStatus.ok, None
+
+
+def _char_logprobs(text: str, tokens: list[tuple[str, float]] | None) -> list[float] | None:
+    """Each character of the answer with its token's log-probability; None unless the tokens spell the answer."""
+    if not tokens or "".join(token for token, _ in tokens) != text:
+        return None
+    return [logprob for token, logprob in tokens for _ in token]
+
+
+def _confidence(per_char: list[float], start: int, stop: int) -> float | None:
+    """exp(mean log-probability) of the characters in [start, stop), each weighted as its token: 0..1."""
+    values = [per_char[k] for k in range(max(start, 0), min(stop, len(per_char)))]
+    return round(math.exp(sum(values) / len(values)), 4) if values else None
+
+
+def line_confidences(answer: str, markdown: str, tokens: list[tuple[str, float]] | None) -> list[float | None] | None:
+    """The model's confidence in each line of the page's markdown (where it stands in the answer:
+    after a front matter or a code fence); None when the server gave no log-probabilities."""
+    per_char = _char_logprobs(answer, tokens)
+    start = answer.find(markdown) if per_char is not None and markdown else -1
+    if start < 0:
+        return None
+    out, offset = [], start
+    for line in markdown.split("\n"):
+        out.append(_confidence(per_char, offset, offset + len(line)) if line.strip() else None)
+        offset += len(line) + 1
+    return out
+
+
+def region_confidences(answer: str, regions: list, tokens: list[tuple[str, float]] | None) -> list[float | None]:
+    """Each located region's confidence: its text found in the answer, in order."""
+    per_char = _char_logprobs(answer, tokens)
+    out, cursor = [], 0
+    for region in regions:
+        at = answer.find(region.text, cursor) if per_char is not None and region.text else -1
+        out.append(_confidence(per_char, at, at + len(region.text)) if at >= 0 else None)
+        cursor = at + len(region.text) if at >= 0 else cursor
+    return out
 
 
 def resize_png(png: bytes, width: int, height: int) -> bytes:
@@ -259,8 +300,13 @@ class PageParser:
                     continue
             break
         usage = answer.get("usage") or {}
+        confidence = None
+        regions = parsed.regions if parsed is not None and status is PageStatus.ok else []
         if parsed is not None:
             markdown = parsed.markdown
+            confidence = line_confidences(answer["text"], markdown, answer.get("logprobs"))
+            scores = region_confidences(answer["text"], regions, answer.get("logprobs"))
+            regions = [region.model_copy(update={"confidence": score}) for region, score in zip(regions, scores)]
         elif status is PageStatus.truncated:
             markdown = answer.get("text", "")
         else:
@@ -271,7 +317,8 @@ class PageParser:
             status=status,
             error=error,
             markdown=markdown,
-            regions=parsed.regions if parsed is not None and status is PageStatus.ok else [],
+            line_confidence=confidence,
+            regions=regions,
             rotation_applied=rotation,
             image_width=width,
             image_height=height,

@@ -44,6 +44,8 @@ def vllm_resource(environ: Mapping[str, str], *, default_model: str) -> VLLMReso
         settings["profile"] = environ["MEDKG_VLLM_PROFILE"]
     if environ.get("MEDKG_VLLM_RENDER_LONGEST_SIDE"):
         settings["render_longest_side"] = int(environ["MEDKG_VLLM_RENDER_LONGEST_SIDE"])
+    if environ.get("MEDKG_VLLM_LOGPROBS"):
+        settings["request_logprobs"] = environ["MEDKG_VLLM_LOGPROBS"].strip().lower() not in ("0", "false", "no", "off")
     if environ.get("MEDKG_VLLM_MAX_MODEL_LEN"):
         settings["max_model_len"] = int(environ["MEDKG_VLLM_MAX_MODEL_LEN"])
     if environ.get("MEDKG_VLLM_API_KEY"):

@@ -97,6 +97,11 @@ class VLLMResource(ConfigurableResource):
     max_tokens: int | None = Field(default=None, description="Completion budget; unset: the profile's max_tokens.")
     max_model_len: int | None = Field(default=None, description="Context length; unset: read from /v1/models, else 8192.")
     image_patch_px: int | None = Field(default=None, description="Override of the profile's patch size (px per token tile).")
+    request_logprobs: bool = Field(
+        default=True,
+        description="Ask for token log-probabilities (vLLM `logprobs: true`) to give each block the model's confidence; "
+        "off saves the response bytes (about 100 per token).",
+    )
     render_longest_side: int | None = Field(
         default=None,
         ge=16,
@@ -176,6 +181,7 @@ class VLLMResource(ConfigurableResource):
             self.sampling(),
             model_revision=self.model_revision,
             max_model_len=self.max_model_len,
+            logprobs=self.request_logprobs,
         )
 
     def cache_key(self, pdf_sha256: str, page_index: int, render_target: str, image_sha256: str | None = None) -> str:

@@ -27,6 +27,7 @@ import base64
 import binascii
 import errno
 import hashlib
+import re
 import hmac
 import json
 import math
@@ -421,7 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": answer_text, "tool_calls": []},
-                    "logprobs": None,
+                    "logprobs": double._logprobs(answer_text) if request.get("logprobs") else None,
                     "finish_reason": finish_reason,
                     "stop_reason": None,
                 }
@@ -479,12 +480,14 @@ class VllmDouble:
         *,
         port: int = 0,
         enforce_context: bool = True,
+        token_logprob: Callable[[str], float] = lambda token: -0.01,
     ):
         self.model = model
         self.api_key = api_key
         self.answer = answer or default_answer
         self.max_model_len = max_model_len
         self.enforce_context = enforce_context
+        self.token_logprob = token_logprob  # what `logprobs: true` returns for each token (a word with its leading blanks)
         self._port = port
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -495,6 +498,11 @@ class VllmDouble:
         self._id = 0
         self.set_faults(faults or Faults())
         self.reset_counters()
+
+    def _logprobs(self, text: str) -> dict:
+        """vLLM's `choices[0].logprobs`: one entry per token; here a token is a word with the blanks before it."""
+        tokens = re.findall(r"\s*\S+|\s+", text)
+        return {"content": [{"token": t, "logprob": self.token_logprob(t), "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]}
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ def safe_preview(markdown: str) -> str:
 def page_summary(parse: PageParse) -> PageParse:
     """What the step keeps of a page once it is stored: everything but its text (markdown, regions),
     so a document's pages are never all in memory at once, however long it is."""
-    return parse.model_copy(update={"markdown": "", "regions": []})
+    return parse.model_copy(update={"markdown": "", "regions": [], "line_confidence": None})
 
 
 def page_parses_json(header: dict, pages: Iterable[PageParse]) -> Iterator[bytes]:

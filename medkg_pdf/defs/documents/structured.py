@@ -23,7 +23,7 @@ def page_blocks(parse: PageParse, page_size_pt: tuple[float, float] | None) -> l
     (when the page's size is known) and a region typed as a page header or footer stays one, as furniture."""
     number = parse.page_index + 1
     if not parse.regions:
-        return markdown_to_blocks(parse.markdown, page=number)
+        return markdown_to_blocks(parse.markdown, page=number, line_confidence=parse.line_confidence)
     blocks = []
     for region in parse.regions:
         if not region.text.strip():
@@ -36,10 +36,10 @@ def page_blocks(parse: PageParse, page_size_pt: tuple[float, float] | None) -> l
         read = markdown_to_blocks(region.text, page=number)
         if region.kind in FURNITURE_KINDS:
             text = " ".join(block.text for block in read) or " ".join(region.text.split())
-            blocks.append(Block(kind=typed_kind(region.kind, text), page=number, text=text, bbox=bbox))
+            blocks.append(Block(kind=typed_kind(region.kind, text), page=number, text=text, bbox=bbox, confidence=region.confidence))
             continue
         for block in read:
-            update: dict = {"bbox": bbox}
+            update: dict = {"bbox": bbox, "confidence": region.confidence}
             if region.label in _HEADING_LEVEL and block.kind == "paragraph":
                 update.update(kind="heading", level=_HEADING_LEVEL[region.label])
             blocks.append(block.model_copy(update=update))
