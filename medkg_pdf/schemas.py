@@ -218,7 +218,7 @@ class Block(Record):
     confidence: float | None = Field(
         default=None,
         description="The model's confidence in the block's text: exp(mean token log-probability) over its lines, 0..1; "
-        "present when the model server returns log-probabilities (vLLM does; the embedded engine does not).",
+        "present when the model server returns log-probabilities (vLLM does; the embedded engine gives its OCR score).",
     )
 
     @property

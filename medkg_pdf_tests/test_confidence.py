@@ -2,8 +2,9 @@
 
 vLLM returns `choices[0].logprobs.content` when a request asks `logprobs: true`; every page request
 does (it changes no token of the answer). A block's confidence is exp(mean log-probability) over the
-lines it was parsed from, or over its located region; none where the server gives none (the
-embedded engine) or gives something that does not spell the answer.
+lines it was parsed from, or over its located region; none where the server gives none or gives
+something that does not spell the answer. The embedded engine answers its OCR recognition scores the
+same way (one piece per located block).
 """
 
 import math
@@ -58,7 +59,7 @@ def test_olmocr_front_matter_is_not_counted_and_located_regions_carry_their_own(
     assert sure.confidence > 0.98 and unsure.confidence < 0.8 and sure.bbox is not None
 
 
-def test_no_confidence_is_made_up_where_the_server_gives_none_or_nonsense(tmp_path, storage, instance, embedded_engine):
+def test_no_confidence_is_made_up_from_nonsense_and_the_embedded_engine_gives_its_ocr_scores(tmp_path, storage, instance, embedded_engine):
     assert token_logprobs(None) is None
     assert token_logprobs({"content": [{"token": "a", "logprob": "high"}]}) is None
     assert token_logprobs({"content": [{"token": "a", "logprob": 0.5}]}) is None  # a log-probability is <= 0
@@ -67,9 +68,10 @@ def test_no_confidence_is_made_up_where_the_server_gives_none_or_nonsense(tmp_pa
     pdf = tmp_path / "label.pdf"
     pdf.write_bytes(pdf_factory.text_pdf(["Warfarin 5 mg once daily"]))
     (doc_id,) = register_files(storage, instance, [pdf])
-    assert run_chain(instance, storage, vllm_for(embedded_engine.url), doc_id).success  # the embedded engine: no logprobs
+    assert run_chain(instance, storage, vllm_for(embedded_engine.url), doc_id).success
     document = storage.read_model(storage_keys.structured_json(doc_id), StructuredDocument)
-    assert document.blocks() and all(block.confidence is None for block in document.blocks())
+    # the engine answers each located block with the log of its lines' mean recognition score
+    assert document.blocks() and all(0.8 < block.confidence <= 1.0 for block in document.blocks())
 
 
 def test_asking_for_logprobs_can_be_turned_off_and_then_no_confidence_is_recorded():

@@ -238,11 +238,12 @@ class OcrEngine:
         lines = self._read(image)
         return OcrPage(markdown=lines_to_markdown(lines, width, height), lines=lines, width=width, height=height)
 
-    def to_grounded(self, png_bytes: bytes) -> str:
-        """The page as DeepSeek-OCR-style regions, so the pipeline gets boxes as provenance."""
+    def to_grounded(self, png_bytes: bytes) -> list[tuple[str, float]]:
+        """The page as DeepSeek-OCR-style regions (boxes as provenance), in pieces with the log of their
+        recognition score (see `grounded_pieces`)."""
         image = decode_image(png_bytes)
         height, width = image.shape[:2]
-        return lines_to_grounded(self._read(image), width, height)
+        return grounded_pieces(self._read(image), width, height)
 
     def _read(self, image: np.ndarray) -> list[OcrLine]:
         # Any keyword makes RapidOCR 1.4 reset unclip_ratio, box_thresh and text_score to its defaults,
@@ -394,7 +395,14 @@ _NUMBERED = re.compile(r"^(\d{1,2})[.)]\s+(\S.*)$")
 def lines_to_grounded(lines: Sequence[OcrLine], width: float, height: float) -> str:
     """Like `lines_to_markdown`, each block preceded by `<|ref|>kind<|/ref|><|det|>[[x0, y0, x1, y1]]<|/det|>`
     with coordinates scaled to 0..999, the grounding format of DeepSeek-OCR."""
-    out = []
+    return "".join(piece for piece, _ in grounded_pieces(lines, width, height))
+
+
+def grounded_pieces(lines: Sequence[OcrLine], width: float, height: float) -> list[tuple[str, float]]:
+    """The grounded answer as (text, log-probability) pieces that spell it: each block's text carries the
+    log of its lines' mean recognition score, what the engine has for a model's token log-probabilities;
+    the tags and separators are certain (0.0)."""
+    pieces: list[tuple[str, float]] = []
     for text, rows in _located_blocks(lines, width, height):
         x0 = min(row.x0 for row in rows)
         x1 = max(row.x1 for row in rows)
@@ -406,8 +414,11 @@ def lines_to_grounded(lines: Sequence[OcrLine], width: float, height: float) -> 
             max(min(999, math.ceil(y1 / height * 999)), min(998, int(y0 / height * 999)) + 1),
         ]  # fmt: skip
         kind = "title" if text.startswith("# ") else "sub_title" if text.startswith("#") else "table" if text.startswith("|") else "text"
-        out.append(f"<|ref|>{kind}<|/ref|><|det|>[{box}]<|/det|>\n{text}")
-    return "\n\n".join(out)
+        scores = [cell.score for row in rows for cell in row.cells]
+        score = min(max(sum(scores) / len(scores), 1e-6), 1.0) if scores else 1.0
+        tag = ("\n\n" if pieces else "") + f"<|ref|>{kind}<|/ref|><|det|>[{box}]<|/det|>\n"
+        pieces += [(tag, 0.0), (text, math.log(score))]
+    return pieces
 
 
 def lines_to_markdown(lines: Sequence[OcrLine], width: float, height: float) -> str:

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 RecognizePage = Callable[[bytes], str]
 # Optional: the same page as DeepSeek-OCR-style grounded regions, for prompts that ask for them.
-RecognizeGrounded = Callable[[bytes], str]
+RecognizeGrounded = Callable[[bytes], "str | list[tuple[str, float]]"]  # text, or pieces with log-probabilities
 
 _ERROR_TYPES = {
     400: "BadRequestError",
@@ -99,6 +99,7 @@ class ChatRequest:
     height: int
     prompt: str
     max_tokens: int | None
+    logprobs: bool = False  # OpenAI's `logprobs: true`: the answer's pieces with their log-probabilities
 
     @property
     def prompt_chars(self) -> int:
@@ -137,7 +138,7 @@ def parse_chat_request(raw: bytes, model_name: str) -> ChatRequest:
         width, height = image_size(image)
     except ImageDecodeError as error:
         raise ApiError(400, f"invalid image: {error}", param="messages") from None
-    return ChatRequest(image=image, width=width, height=height, prompt=prompt, max_tokens=max_tokens)
+    return ChatRequest(image=image, width=width, height=height, prompt=prompt, max_tokens=max_tokens, logprobs=body.get("logprobs") is True)
 
 
 def _read_messages(messages: Any) -> tuple[str, list[Any]]:
@@ -292,8 +293,13 @@ class _EngineApi:
         prompt_tokens = estimate_prompt_tokens(chat.prompt_chars, chat.width, chat.height)
         max_tokens = self._check_context(prompt_tokens, chat.max_tokens)
         grounded = chat.grounding and self.recognize_grounded is not None
-        markdown = await self._recognize(chat.image, self.recognize_grounded if grounded else self.recognize_page)
+        answer = await self._recognize(chat.image, self.recognize_grounded if grounded else self.recognize_page)
+        pieces = answer if isinstance(answer, list) else None
+        markdown = "".join(piece for piece, _ in pieces) if pieces is not None else answer
         content, completion_tokens, finish_reason = limit_completion(markdown, max_tokens)
+        logprobs = None
+        if chat.logprobs and pieces is not None and content == markdown:  # a cut answer's pieces would not spell it
+            logprobs = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []} for t, lp in pieces]}
         self.metrics.prompt_tokens.inc(prompt_tokens)
         self.metrics.generation_tokens.inc(completion_tokens)
         self.metrics.succeeded(finish_reason)
@@ -304,7 +310,7 @@ class _EngineApi:
                 "created": int(time.time()),
                 "model": self.model_name,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": finish_reason}
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": logprobs, "finish_reason": finish_reason}
                 ],
                 "usage": {
                     "prompt_tokens": prompt_tokens,
@@ -347,8 +353,8 @@ class _EngineApi:
             )
         return max_tokens
 
-    async def _recognize(self, image: bytes, recognize: RecognizePage) -> str:
-        def work() -> str:
+    async def _recognize(self, image: bytes, recognize: RecognizePage | RecognizeGrounded) -> str | list[tuple[str, float]]:
+        def work() -> str | list[tuple[str, float]]:
             decode_image(image)  # the pixels must decode, whatever recognize_page does with them
             return recognize(image)
 
@@ -359,7 +365,7 @@ class _EngineApi:
         except Exception:
             log.exception("page recognition failed")
             raise ApiError(500, "the engine failed to recognize the page") from None
-        if not isinstance(markdown, str):
+        if not isinstance(markdown, (str, list)):
             log.error("recognize_page returned %s, not str", type(markdown).__name__)
             raise ApiError(500, "the engine failed to recognize the page")
         return markdown
