@@ -212,3 +212,32 @@ def _one_op_job():
         nothing()
 
     return one_op
+
+
+def test_a_local_run_whose_worker_died_with_its_daemon_is_failed_and_its_document_quarantined(tmp_path):
+    """Nobody is left to report a worker killed with its daemon's process group: the sensor finds its pid
+    gone, fails the run (run retries relaunch it) and records why, as the dead-run sensor records any death."""
+    from dagster import DagsterRun
+    from dagster._core.events import EngineEventData
+
+    from medkg_pdf.defs.documents.sensors import fail_dead_local_runs
+
+    storage = LocalStorage(root=str(tmp_path / "data"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer exists
+    (tmp_path / "home").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "home")) as instance:  # the local (default) run launcher
+        run = instance.add_run(DagsterRun(job_name="document_chain_job", status=DagsterRunStatus.STARTED,
+                                          tags={"dagster/partition": "label-0123456789"}))  # fmt: skip
+        instance.report_engine_event("Started process for run", run, EngineEventData(metadata={"pid": str(gone.pid)}))
+        alive = instance.add_run(DagsterRun(job_name="document_chain_job", status=DagsterRunStatus.STARTED,
+                                            tags={"dagster/partition": "other-0123456789"}))  # fmt: skip
+        instance.report_engine_event("Started process for run", alive, EngineEventData(metadata={"pid": str(os.getpid())}))
+
+        assert fail_dead_local_runs(instance, storage) == [run.run_id]
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
+    record = storage.read_model(storage_keys.quarantine("label-0123456789"), QuarantineRecord)
+    assert record.reason == "run_process_died" and record.retryable and record.run_id == run.run_id
+    assert f"pid {gone.pid}" in record.message
+    assert storage.read_model_or_none(storage_keys.quarantine("other-0123456789"), QuarantineRecord) is None

@@ -145,9 +145,7 @@ def fail_dead_local_runs(instance: DagsterInstance, storage: DocumentStorage) ->
             "started it (the daemon was killed or restarted); pages stored before are reused by the next run"
         )
         instance.report_run_failed(run, message=message)  # a failure with no failed step: run retries relaunch it
-        document_id = document_of(run)
-        if document_id:
-            quarantine(storage, document_id, "run", DocumentError(message, retryable=True, reason="run_process_died"), run_id=run.run_id)
+        quarantine_dead_run(instance, storage, run)  # as run_death_sensor would, from the failure just reported
         failed.append(run.run_id)
     return failed
 
