@@ -107,7 +107,7 @@ def fail_orphaned_runs(instance, storage) -> list[str]:
     marked failed, and their documents quarantined with why, so nothing stays in progress for ever."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    from medkg_pdf.defs.document_steps import DocumentError, quarantine
+    from medkg_pdf.defs.documents.sensors import fail_dead_run
     from medkg_pdf.engine.process import process_alive
 
     orphaned = []
@@ -116,14 +116,7 @@ def fail_orphaned_runs(instance, storage) -> list[str]:
         pid = int(run.tags.get(CLI_PID_TAG, "0") or 0)
         if pid and pid != os.getpid() and process_alive(pid):
             continue
-        message = (
-            f"the medkg-pdf process running it (pid {pid or 'unknown'}) died before the run ended: killed, "
-            "for example for memory (see `dmesg` for the OOM killer); pages stored before are reused by the next run"
-        )
-        instance.report_run_failed(run, message=message)
-        document_id = run.tags.get("dagster/partition")
-        if document_id:
-            quarantine(storage, document_id, "run", DocumentError(message, retryable=True, reason="process_died"), run_id=run.run_id)
+        fail_dead_run(instance, storage, run, pid or None)
         orphaned.append(run.run_id)
     return orphaned
 

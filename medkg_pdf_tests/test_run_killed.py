@@ -233,11 +233,17 @@ def test_a_local_run_whose_worker_died_with_its_daemon_is_failed_and_its_documen
         alive = instance.add_run(DagsterRun(job_name="document_chain_job", status=DagsterRunStatus.STARTED,
                                             tags={"dagster/partition": "other-0123456789"}))  # fmt: skip
         instance.report_engine_event("Started process for run", alive, EngineEventData(metadata={"pid": str(os.getpid())}))
+        # a `medkg-pdf run` killed while a daemon watches the same instance: the command's own death, said as such
+        by_cli = instance.add_run(DagsterRun(job_name="document_chain_job", status=DagsterRunStatus.STARTED,
+                                             tags={"dagster/partition": "cli-0123456789", "medkg/trigger": "cli"}))  # fmt: skip
+        instance.report_engine_event("Executing steps in process", by_cli, EngineEventData(metadata={"pid": str(gone.pid)}))
 
-        assert fail_dead_local_runs(instance, storage) == [run.run_id]
+        assert sorted(fail_dead_local_runs(instance, storage)) == sorted([run.run_id, by_cli.run_id])
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED
     record = storage.read_model(storage_keys.quarantine("label-0123456789"), QuarantineRecord)
     assert record.reason == "run_process_died" and record.retryable and record.run_id == run.run_id
-    assert f"pid {gone.pid}" in record.message
+    assert f"pid {gone.pid}" in record.message and "code server" in record.message
     assert storage.read_model_or_none(storage_keys.quarantine("other-0123456789"), QuarantineRecord) is None
+    cli_record = storage.read_model(storage_keys.quarantine("cli-0123456789"), QuarantineRecord)
+    assert cli_record.reason == "process_died" and "medkg-pdf process" in cli_record.message

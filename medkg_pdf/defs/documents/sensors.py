@@ -79,12 +79,15 @@ def document_of(run: DagsterRun) -> str | None:
     return run.tags.get("dagster/partition") or start
 
 
-def quarantine_dead_run(instance: DagsterInstance, storage: DocumentStorage, run: DagsterRun) -> QuarantineRecord | None:
-    """Write the quarantine record of a document whose run died; nothing for runs that failed in a step."""
+def quarantine_dead_run(
+    instance: DagsterInstance, storage: DocumentStorage, run: DagsterRun, error: DocumentError | None = None
+) -> QuarantineRecord | None:
+    """Write the quarantine record of a document whose run died (why: `error`, else read from its event log);
+    nothing for runs that failed in a step. Once per run, whichever sensor or command sees it first."""
     document_id = document_of(run)
     if not document_id:
         return None
-    error = death_of(instance, run)
+    error = error or death_of(instance, run)
     if error is None:
         return None
     earlier = storage.read_model_or_none(storage_keys.quarantine(document_id), QuarantineRecord)
@@ -140,14 +143,29 @@ def fail_dead_local_runs(instance: DagsterInstance, storage: DocumentStorage) ->
         pid = run_worker_pid(instance, run)
         if pid is None or process_alive(pid):
             continue
-        message = (
-            f"the run's worker process (pid {pid}) died before the run ended, and so did the code server that "
-            "started it (the daemon was killed or restarted); pages stored before are reused by the next run"
-        )
-        instance.report_run_failed(run, message=message)  # a failure with no failed step: run retries relaunch it
-        quarantine_dead_run(instance, storage, run)  # as run_death_sensor would, from the failure just reported
+        fail_dead_run(instance, storage, run, pid)
         failed.append(run.run_id)
     return failed
+
+
+def fail_dead_run(instance: DagsterInstance, storage: DocumentStorage, run: DagsterRun, pid: int | None) -> None:
+    """Fail a run whose process is gone (a failure with no failed step: run retries relaunch it) and record why."""
+    if run.tags.get("medkg/trigger") == "cli":  # run in-process by a `medkg-pdf` command
+        error = DocumentError(
+            f"the medkg-pdf process running it (pid {pid or 'unknown'}) died before the run ended: killed, "
+            "for example for memory (see `dmesg` for the OOM killer); pages stored before are reused by the next run",
+            retryable=True,
+            reason="process_died",
+        )
+    else:
+        error = DocumentError(
+            f"the run's worker process (pid {pid or 'unknown'}) died before the run ended, and so did the code server "
+            "that started it (the daemon was killed or restarted); pages stored before are reused by the next run",
+            retryable=True,
+            reason="run_process_died",
+        )
+    instance.report_run_failed(run, message=str(error))
+    quarantine_dead_run(instance, storage, run, error)
 
 
 @sensor(
