@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import pymupdf
 
@@ -91,6 +90,8 @@ def page_content(gray: np.ndarray, px_per_mm: float) -> Content:
     content only when it is INK_CONTRAST darker than that (faint bleed-through from the back is not);
     marks smaller than a speck of dust at this scale are dropped. No library call does this
     whole judgement; OpenCV does each step."""
+    import cv2  # here, not at the top: `RenderTarget` users (profiles, the model client) need no OpenCV
+
     if gray.size > CONTENT_PIXELS:  # a poster: judged at ~4 Mpx, so the labels never take hundreds of MB
         factor = math.sqrt(CONTENT_PIXELS / gray.size)
         gray = cv2.resize(gray, (max(1, int(gray.shape[1] * factor)), max(1, int(gray.shape[0] * factor))), interpolation=cv2.INTER_AREA)
@@ -110,6 +111,7 @@ def page_content(gray: np.ndarray, px_per_mm: float) -> Content:
 def encode_png(pix: pymupdf.Pixmap) -> bytes:
     """PNG of an RGB pixmap. OpenCV encodes without holding the GIL (PyMuPDF's tobytes holds it for
     the ~0.1 s of a page), so the requests and other documents go on while a page is encoded."""
+    import cv2
     rgb = np.frombuffer(pix.samples_mv, dtype=np.uint8).reshape(pix.height, pix.width, 3)
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:

@@ -99,13 +99,6 @@ def render_pages(
         yield RenderedPage(png=png, image=PageImage(key=key, **fields))
 
 
-def render_range(
-    doc: pymupdf.Document, storage: DocumentStorage, sha256: str, target: RenderTarget, max_bytes: int, start: int, stop: int
-) -> list[PageImage]:
-    """Render pages [start, stop), keep only the records (the PNGs are in storage)."""
-    return [rendered.image for rendered in render_pages(doc, storage, sha256, target, max_bytes, start, stop)]
-
-
 def available_cores() -> int:
     """CPUs this process may use: its affinity, capped by a cgroup v2 CPU limit (a Kubernetes `limits.cpu`)."""
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from medkg_pdf import storage_keys
 from medkg_pdf.model_client.client import token_logprobs
-from medkg_pdf.model_client.page_parser import line_confidences
+from medkg_pdf.model_client.page_parser import confidences
 from medkg_pdf.schemas import StructuredDocument
 from medkg_pdf_tests.support import pdf_factory
 from medkg_pdf_tests.support.chain import register_files, run_chain, vllm_for
@@ -63,7 +63,7 @@ def test_no_confidence_is_made_up_from_nonsense_and_the_embedded_engine_gives_it
     assert token_logprobs(None) is None
     assert token_logprobs({"content": [{"token": "a", "logprob": "high"}]}) is None
     assert token_logprobs({"content": [{"token": "a", "logprob": 0.5}]}) is None  # a log-probability is <= 0
-    assert line_confidences("Warfarin 5 mg", "Warfarin 5 mg", [("Warfarin", -0.1)]) is None  # tokens spell another text
+    assert confidences("Warfarin 5 mg", "Warfarin 5 mg", [], [("Warfarin", -0.1)])[0] is None  # tokens spell another text
 
     pdf = tmp_path / "label.pdf"
     pdf.write_bytes(pdf_factory.text_pdf(["Warfarin 5 mg once daily"]))

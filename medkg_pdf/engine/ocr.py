@@ -392,14 +392,10 @@ _BULLET = re.compile(rf"^(?:[{_BULLET_GLYPHS}]\s*|[-*–]\s+|[.:]\s*(?=[^\W\d_])
 _NUMBERED = re.compile(r"^(\d{1,2})[.)]\s+(\S.*)$")
 
 
-def lines_to_grounded(lines: Sequence[OcrLine], width: float, height: float) -> str:
-    """Like `lines_to_markdown`, each block preceded by `<|ref|>kind<|/ref|><|det|>[[x0, y0, x1, y1]]<|/det|>`
-    with coordinates scaled to 0..999, the grounding format of DeepSeek-OCR."""
-    return "".join(piece for piece, _ in grounded_pieces(lines, width, height))
-
-
 def grounded_pieces(lines: Sequence[OcrLine], width: float, height: float) -> list[tuple[str, float]]:
-    """The grounded answer as (text, log-probability) pieces that spell it: each block's text carries the
+    """Like `lines_to_markdown`, each block preceded by `<|ref|>kind<|/ref|><|det|>[[x0, y0, x1, y1]]<|/det|>`
+    with coordinates scaled to 0..999, the grounding format of DeepSeek-OCR; as (text, log-probability)
+    pieces that spell the answer: each block's text carries the
     log of its lines' mean recognition score, what the engine has for a model's token log-probabilities;
     the tags and separators are certain (0.0)."""
     pieces: list[tuple[str, float]] = []

@@ -5,7 +5,7 @@
 - `errors.py`: what the caller must handle. `breaker.py`: the breaker's state machine.
 """
 
-from medkg_pdf.model_client.client import Backoff, ModelClient, OnResult, RunStats, redact, shown_url, url_password
+from medkg_pdf.model_client.client import Backoff, ModelClient, OnResult, RunStats, redact, shown_url
 from medkg_pdf.model_client.errors import (
     FatalRequestError,
     ModelNotServedError,
@@ -33,5 +33,4 @@ __all__ = [
     "looks_repetitive",
     "redact",
     "shown_url",
-    "url_password",
 ]

@@ -169,29 +169,27 @@ def _confidence(per_char: list[float], start: int, stop: int) -> float | None:
     return round(math.exp(sum(values) / len(values)), 4) if values else None
 
 
-def line_confidences(answer: str, markdown: str, tokens: list[tuple[str, float]] | None) -> list[float | None] | None:
-    """The model's confidence in each line of the page's markdown (where it stands in the answer:
-    after a front matter or a code fence); None when the server gave no log-probabilities."""
+def confidences(
+    answer: str, markdown: str, regions: list, tokens: list[tuple[str, float]] | None
+) -> tuple[list[float | None] | None, list[float | None]]:
+    """The model's confidence in each line of the page's markdown (where it stands in the answer: after
+    a front matter or a code fence) and in each located region (its text found in the answer, in
+    order); (None, all None) when the server gave no log-probabilities that spell the answer."""
     per_char = _char_logprobs(answer, tokens)
-    start = answer.find(markdown) if per_char is not None and markdown else -1
-    if start < 0:
-        return None
-    out, offset = [], start
-    for line in markdown.split("\n"):
-        out.append(_confidence(per_char, offset, offset + len(line)) if line.strip() else None)
-        offset += len(line) + 1
-    return out
-
-
-def region_confidences(answer: str, regions: list, tokens: list[tuple[str, float]] | None) -> list[float | None]:
-    """Each located region's confidence: its text found in the answer, in order."""
-    per_char = _char_logprobs(answer, tokens)
-    out, cursor = [], 0
+    if per_char is None:
+        return None, [None] * len(regions)
+    lines, start = None, answer.find(markdown) if markdown else -1
+    if start >= 0:
+        lines, offset = [], start
+        for line in markdown.split("\n"):
+            lines.append(_confidence(per_char, offset, offset + len(line)) if line.strip() else None)
+            offset += len(line) + 1
+    scores, cursor = [], 0
     for region in regions:
-        at = answer.find(region.text, cursor) if per_char is not None and region.text else -1
-        out.append(_confidence(per_char, at, at + len(region.text)) if at >= 0 else None)
+        at = answer.find(region.text, cursor) if region.text else -1
+        scores.append(_confidence(per_char, at, at + len(region.text)) if at >= 0 else None)
         cursor = at + len(region.text) if at >= 0 else cursor
-    return out
+    return lines, scores
 
 
 def resize_png(png: bytes, width: int, height: int) -> bytes:
@@ -304,9 +302,9 @@ class PageParser:
         regions = parsed.regions if parsed is not None and status is PageStatus.ok else []
         if parsed is not None:
             markdown = parsed.markdown
-            confidence = line_confidences(answer["text"], markdown, answer.get("logprobs"))
-            scores = region_confidences(answer["text"], regions, answer.get("logprobs"))
-            regions = [region.model_copy(update={"confidence": score}) for region, score in zip(regions, scores)]
+            confidence, scores = confidences(answer["text"], markdown, regions, answer.get("logprobs"))
+            if any(score is not None for score in scores):
+                regions = [region.model_copy(update={"confidence": score}) for region, score in zip(regions, scores)]
         elif status is PageStatus.truncated:
             markdown = answer.get("text", "")
         else:

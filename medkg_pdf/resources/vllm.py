@@ -30,9 +30,7 @@ from medkg_pdf.model_client import (
     RunStats,
     ServerUnavailableError,
     looks_repetitive,
-    redact,
     shown_url,
-    url_password,
 )
 from medkg_pdf.model_client.breaker import shared_breaker
 from medkg_pdf.page_render import RenderTarget
@@ -191,9 +189,6 @@ class VLLMResource(ConfigurableResource):
     def shown_url(self) -> str:
         """The server URL for logs and metadata: without `user:password@`."""
         return shown_url(self.url)
-
-    def redact(self, text: str) -> str:
-        return redact(text, self.api_key, url_password(self.url))
 
     # ----- the plain client --------------------------------------------------------------------
     def client(self) -> ModelClient:
