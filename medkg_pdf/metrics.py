@@ -19,7 +19,6 @@ from collections import Counter
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from medkg_pdf.text_layer_judge import judge_text
 
 _MARKUP = re.compile(r"[#*_`|>~\[\]]+|^\s*[-+]\s+|^\s*\d+\.\s+|-{3,}", re.MULTILINE)
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -82,11 +81,6 @@ def table_cell_agreement(candidate: list[list[str]], reference: list[list[str]])
         1 for r, c, text in cells if r < len(candidate) and c < len(candidate[r]) and normalize(candidate[r][c]) == text
     )
     return matched / len(cells)
-
-
-def baseline_usable(text: str) -> bool:
-    """A text layer that is mostly symbols or reads as no language (wrong encoding, broken fonts) is no baseline."""
-    return judge_text(text).usable
 
 
 def nearest_rank(values, q: float) -> float | None:

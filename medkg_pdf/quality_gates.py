@@ -1,7 +1,8 @@
 """The blocking per-document quality gates, stated once: which score is held to which minimum.
 
-The asset checks fail a daemon's run on them, the command line reports them, and the SLO report
-counts a document under one as an error; all three read this table.
+The command line reports them, the SLO report counts a document under one as an error and the
+report's score plot draws them, all from this table; the asset checks (one per gate, each with its
+own notes) fail a daemon's run on the same targets.
 """
 
 from __future__ import annotations

@@ -248,13 +248,21 @@ class StructuredDocument(Stored, Record):
     def blocks(self) -> list[Block]:
         return [block for section in self.sections for block in section.blocks]
 
+    def page_texts(self, *, furniture: bool = True) -> dict[int, str]:
+        """Every page's text in one pass over the blocks ("" for a page with none): with furniture, everything
+        read on the page, as its PDF text layer holds it too; without, its reading text (no running heads,
+        feet or page numbers)."""
+        texts: dict[int, list[str]] = {page: [] for page in range(1, self.page_count + 1)}
+        for block in self.blocks():
+            if furniture or not block.furniture:
+                texts.setdefault(block.page, []).append(block.text)
+        return {page: "\n".join(parts) for page, parts in texts.items()}
+
     def page_text(self, page: int) -> str:
-        """Everything read on the page, furniture included: what the page's PDF text layer holds too."""
-        return "\n".join(block.text for block in self.blocks() if block.page == page)
+        return self.page_texts().get(page, "")
 
     def body_text(self, page: int) -> str:
-        """The page's reading text: its blocks without running heads, feet and page numbers."""
-        return "\n".join(block.text for block in self.blocks() if block.page == page and not block.furniture)
+        return self.page_texts(furniture=False).get(page, "")
 
 
 class BaselinePage(Record):

@@ -67,7 +67,7 @@ _KNOWN_PAIRS = frozenset(pair for word in _LETTERS.findall(_REFERENCE.lower()) f
 
 # thresholds, measured as described at each use
 MIN_LETTER_PAIR_SHARE = 0.75  # language: 0.90-0.98; a +1 shifted encoding: 0.36-0.43
-MIN_ALNUM_SHARE = 0.5  # of visible characters; the old `metrics.baseline_usable` rule
+MIN_ALNUM_SHARE = 0.5  # of visible characters: mostly symbols is a broken encoding, not text
 MIN_PAIRS_TO_JUDGE = 20  # fewer letter pairs (a page number, a caption) are not judged for garble
 MIN_IMAGE_COVER = 0.5  # share of the page under images for "over an image" (a scan: ~1.0)
 MIN_INVISIBLE_SHARE = 0.5  # share of characters in render mode 3

@@ -44,9 +44,3 @@ def test_table_cell_agreement():
     assert metrics.table_cell_agreement(reference, reference) == 1.0
     assert metrics.table_cell_agreement([["Infection", "Adults"], ["Ear", "250 mg"]], reference) == 0.75
     assert metrics.table_cell_agreement([], reference) == 0.0
-
-
-def test_garbage_text_layer_is_not_a_baseline():
-    assert metrics.baseline_usable("Amoxicillin capsules 500 mg")
-    assert not metrics.baseline_usable("\x01\x02 ÿþ ¤¤¤ §§§ ¶¶¶ ¤¤¤ ¤¤¤ ¤¤¤ ¤¤¤ ¤¤¤")
-    assert not metrics.baseline_usable("")

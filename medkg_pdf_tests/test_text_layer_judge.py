@@ -181,3 +181,9 @@ def test_a_normal_text_page_stays_usable_and_scores_as_before(tmp_path, storage,
     (page,) = quality.pages
     assert page.verdict == "usable" and page.has_baseline and quality.match_score == 1.0
     assert quality.no_baseline_reason == ""
+
+
+def test_garbage_text_layer_is_not_a_baseline():
+    assert judge_text("Amoxicillin capsules 500 mg").usable
+    assert not judge_text("\x01\x02 ÿþ ¤¤¤ §§§ ¶¶¶ ¤¤¤ ¤¤¤ ¤¤¤ ¤¤¤ ¤¤¤").usable
+    assert not judge_text("").usable

@@ -26,9 +26,10 @@ def dolma_text_and_spans(document: StructuredDocument) -> tuple[str, list[list[i
     """The body text of every page in order, and `[start, end, page]` for each page (1-based)."""
     text = ""
     spans: list[list[int]] = []
+    body = document.page_texts(furniture=False)
     for page in range(1, document.page_count + 1):
         start = len(text)
-        text += document.body_text(page) + ("\n" if page < document.page_count else "")
+        text += body[page] + ("\n" if page < document.page_count else "")
         spans.append([start, len(text), page])
     return text, spans
 

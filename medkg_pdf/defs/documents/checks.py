@@ -127,7 +127,8 @@ def judge_text_pages(storage: DocumentStorage, document_id: str) -> Finding:
     with_text = [i + 1 for i, has_text in enumerate(info.pages_with_text) if has_text]
     # a page whose text layer renders to nothing (white or clipped text) cannot be read from its image
     judged = [page for page in with_text if page not in blank]
-    empty = [page for page in judged if not document.page_text(page).strip()]
+    texts = document.page_texts()
+    empty = [page for page in judged if not texts.get(page, "").strip()]
     note = ""
     if empty:
         failed = set(document.failed_pages)

@@ -38,13 +38,14 @@ def compare(document: StructuredDocument, baseline: BaselineParse) -> DocumentQu
     baseline_words: Counter = Counter()
     numbers_wanted = numbers_missing = 0
     weighted_edit = weight = 0.0
+    texts = document.page_texts()
     for base in baseline.pages:
         number = base.index + 1
         verdict, reason = _verdict(base)
         if verdict != USABLE:
             pages.append(PageQuality(page=number, has_baseline=False, verdict=verdict, reason=reason))
             continue
-        parsed = document.page_text(number)
+        parsed = texts.get(number, "")
         recall, missing = metrics.numeric_recall(parsed, base.text)
         pages.append(
             PageQuality(

@@ -132,8 +132,9 @@ def compare_documents(
     pinned_words: Counter = Counter()
     numbers_wanted = 0
     numbers_missing: list[str] = []
+    now_texts, then_texts = current.page_texts(), pinned.page_texts()
     for page in range(1, max(current.page_count, pinned.page_count) + 1):
-        now_text, then_text = current.page_text(page), pinned.page_text(page)
+        now_text, then_text = now_texts.get(page, ""), then_texts.get(page, "")
         recall, lost = metrics.numeric_recall(now_text, then_text)
         pages.append(
             RegressionPage(

@@ -16,6 +16,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from medkg_pdf import fleet, prometheus, slo, storage_keys
 from medkg_pdf.chat_contract import png_data_url
+from medkg_pdf.quality_gates import BLOCKING_GATES
 from medkg_pdf.report_plots import latency_figure, provenance_figure, score_figure, to_png
 from medkg_pdf.resources.pushgateway import PushgatewayResource
 from medkg_pdf.resources.quality import QualityTargets
@@ -139,7 +140,7 @@ def quality_report(
         buffer = io.BytesIO()
         table.to_parquet(buffer, index=False)
         put("documents.parquet", buffer.getvalue())
-    gates = {"match_score": quality_targets.min_match_score, "numeric_recall": quality_targets.min_numeric_recall}
+    gates = {score: getattr(quality_targets, minimum) for _, score, minimum in BLOCKING_GATES}
     plots = {"scores.png": to_png(score_figure(cohort, gates)), "latency.png": to_png(latency_figure(over_time, report))}
     provenance = provenance_png(storage, cohort)
     if provenance is not None:
