@@ -35,5 +35,3 @@ def boxed_page_jpeg(document: StructuredDocument, page: int, page_png: bytes, dp
         x0, y0, x1, y1 = (round(value * scale) for value in block.bbox)
         cv2.rectangle(image, (x0, y0), (x1, y1), (blue, green, red), 2)
     return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 75])[1].tobytes()
-
-

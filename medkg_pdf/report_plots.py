@@ -21,6 +21,8 @@ from medkg_pdf.schemas import StructuredDocument
 
 PLOT_DPI = 110
 LABELLED_DOCUMENTS = 40  # beyond this the lowest-scoring are drawn, the rest summed up in the title
+
+
 def to_png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")

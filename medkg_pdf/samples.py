@@ -200,9 +200,11 @@ class _Flow:
         self.y += after
 
 
-def _footer(page: pymupdf.Page, text: str, out: list[str]) -> None:
+def _margin_line(page: pymupdf.Page, text: str, out: list[str], *, y: float = PAGE_H - 40, align: str = "center") -> None:
+    """One 8 pt line in the page's top or bottom margin (a footer by default): a running head or foot, a page number."""
     length = pymupdf.get_text_length(text, fontname=SANS, fontsize=8)
-    page.insert_text(((PAGE_W - length) / 2, PAGE_H - 40), text, fontname=SANS, fontsize=8)
+    x = {"center": (PAGE_W - length) / 2, "left": MARGIN, "right": PAGE_W - MARGIN - length}[align]
+    page.insert_text((x, y), text, fontname=SANS, fontsize=8)
     out.append(text)
 
 
@@ -289,7 +291,7 @@ def _amoxicillin_label() -> SamplePdf:
         "or 500 mg every 12 hours, and patients with a GFR below 10 mL/min should receive 250 mg "
         "or 500 mg every 24 hours, depending on the severity of the infection."
     )
-    _footer(page, "Page 1 of 2", out)
+    _margin_line(page, "Page 1 of 2", out)
     pages.append("\n".join(out))
 
     # page 2: two columns
@@ -354,7 +356,7 @@ def _amoxicillin_label() -> SamplePdf:
         "failure has been reported in a small number of patients after overdosage. Amoxicillin "
         "may be removed from circulation by hemodialysis (about 50 to 70% in 4 hours)."
     )
-    _footer(page, "Page 2 of 2", out)
+    _margin_line(page, "Page 2 of 2", out)
     pages.append("\n".join(out))
 
     return SamplePdf(
@@ -470,7 +472,7 @@ def _sepsis_paper() -> SamplePdf:
         "lactate, source of infection and time to antibiotics. A two-sided p < 0.05 was "
         "considered significant.", size=9.5,
     )
-    _footer(page, "Crit Care Res. 2025;12(3):145-152", out)
+    _margin_line(page, "Crit Care Res. 2025;12(3):145-152", out)
     pages.append("\n".join(out))
 
     # page 2: two columns with a figure, caption and bullet list
@@ -540,7 +542,7 @@ def _sepsis_paper() -> SamplePdf:
         "2021;49(11):e1063-e1143.",
     ):
         f.para(ref, font=SERIF, size=8.5, after=3)
-    _footer(page, "Crit Care Res. 2025;12(3):145-152", out)
+    _margin_line(page, "Crit Care Res. 2025;12(3):145-152", out)
     pages.append("\n".join(out))
 
     return SamplePdf(
@@ -909,15 +911,12 @@ def _running_heads() -> SamplePdf:
     for number, (heading, body) in enumerate(bodies, start=1):
         page = _new_page(doc)
         out: list[str] = []
-        length = pymupdf.get_text_length(RUNNING_HEAD, fontname=SANS, fontsize=8)
-        page.insert_text((PAGE_W - MARGIN - length, 40), RUNNING_HEAD, fontname=SANS, fontsize=8)
-        out.append(RUNNING_HEAD)
+        _margin_line(page, RUNNING_HEAD, out, y=40, align="right")
         f = _Flow(page, [(MARGIN, PAGE_W - MARGIN)], top=MARGIN, bottom=PAGE_H - 80, out=out)
         f.heading(heading, size=13)
         f.para(body, font=SERIF, size=11)
-        page.insert_text((MARGIN, PAGE_H - 40), RUNNING_FOOT, fontname=SANS, fontsize=8)
-        out.append(RUNNING_FOOT)
-        _footer_right(page, running_page_number(number, len(bodies)), out)
+        _margin_line(page, RUNNING_FOOT, out, align="left")
+        _margin_line(page, running_page_number(number, len(bodies)), out, align="right")
         pages.append("\n".join(out))
     return SamplePdf(
         name="case-running-heads.pdf",
@@ -926,12 +925,6 @@ def _running_heads() -> SamplePdf:
         description="Three pages, each with a running head, a journal footer and 'Page n of 3'.",
         scanned=False,
     )
-
-
-def _footer_right(page: pymupdf.Page, text: str, out: list[str]) -> None:
-    length = pymupdf.get_text_length(text, fontname=SANS, fontsize=8)
-    page.insert_text((PAGE_W - MARGIN - length, PAGE_H - 40), text, fontname=SANS, fontsize=8)
-    out.append(text)
 
 
 # ---------------------------------------------------------------------------------------
