@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import pymupdf
 
+from medkg_pdf.page_render import gray_of
+
 USABLE = "usable"
 
 # Letter pairs are counted over this built-in text: plain English prose and medical phrasing
@@ -162,8 +164,7 @@ def judge_page(page: pymupdf.Page, text: str) -> Judgement:
 def _ink_covered(page: pymupdf.Page, text_boxes: list[pymupdf.Rect]) -> float | None:
     """Share of the rendered page's ink under the text's boxes (None: too little ink to judge)."""
     pix = page.get_pixmap(dpi=_INK_DPI, colorspace=pymupdf.csGRAY, alpha=False)
-    grey = np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.stride)[:, : pix.width]
-    ink = grey < _INK_LEVEL
+    ink = gray_of(pix) < _INK_LEVEL
     if ink.mean() < MIN_INK_SHARE:
         return None
     # a box grown by a point on each side: anti-aliased glyph edges fall just outside their box
