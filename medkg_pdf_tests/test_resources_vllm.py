@@ -339,17 +339,18 @@ def test_the_repetition_detector_catches_loops_and_not_the_tables_and_forms_of_r
 def test_breaker_half_opens_after_recovery_and_closes_after_two_successes():
     now = [0.0]
     changes = []
-    breaker = CircuitBreaker(clock=lambda: now[0], on_change=lambda old, new, why: changes.append(new))
-    for _ in range(5):
-        breaker.record_failure("boom")
-    assert breaker.state is BreakerState.open
-    with pytest.raises(Exception, match="breaker open"):
+    breaker = CircuitBreaker(clock=lambda: now[0])
+    with breaker.watch(lambda old, new, why: changes.append(new)):
+        for _ in range(5):
+            breaker.record_failure("boom")
+        assert breaker.state is BreakerState.open
+        with pytest.raises(Exception, match="breaker open"):
+            breaker.before_call("http://x")
+        now[0] = 61
         breaker.before_call("http://x")
-    now[0] = 61
-    breaker.before_call("http://x")
-    assert breaker.state is BreakerState.half_open
-    breaker.record_success()
-    breaker.record_success()
+        assert breaker.state is BreakerState.half_open
+        breaker.record_success()
+        breaker.record_success()
     assert changes == [BreakerState.open, BreakerState.half_open, BreakerState.closed]
 
 

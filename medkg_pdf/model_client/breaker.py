@@ -44,7 +44,6 @@ class CircuitBreaker:
     failure_threshold: int = 5
     recovery_s: float = 60.0
     success_threshold: int = 2
-    on_change: OnChange = lambda old, new, why: None
     clock: Callable[[], float] = time.monotonic
     state: BreakerState = field(default=BreakerState.closed, init=False)
     trips: int = field(default=0, init=False)
@@ -75,7 +74,7 @@ class CircuitBreaker:
             self._opened_at = self.clock()
         self._failures = self._successes = 0
         self._trial_out = False
-        for listener in (self.on_change, *self._listeners):
+        for listener in list(self._listeners):
             listener(old, new, why)
 
     def before_call(self, target: str) -> int:
