@@ -32,7 +32,7 @@ from medkg_pdf_tests.support.live_dagster import (
     launch_backfill,
     live_dagster,
     partition_status,
-    postgres_bin_dir,
+    postgres_bin_dir_or_skip,
     postgres_cluster,
     postgres_storage_yaml,
     runs_tagged,
@@ -121,9 +121,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    bin_dir = postgres_bin_dir_or_skip()
     root = tmp_path_factory.mktemp("chaos")
     answers = Answers()
     with postgres_cluster(bin_dir) as pg, VllmDouble(model=MODEL, answer=answers, faults=LATENCY) as double:

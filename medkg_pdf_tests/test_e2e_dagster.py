@@ -41,7 +41,7 @@ from medkg_pdf_tests.support.live_dagster import (
     launch_backfill,
     live_dagster,
     partition_status,
-    postgres_bin_dir,
+    postgres_bin_dir_or_skip,
     postgres_cluster,
     postgres_storage_yaml,
     runs_tagged,
@@ -101,10 +101,7 @@ def instance_storage(request):
     if request.param == "sqlite":
         yield None
         return
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
-    with postgres_cluster(bin_dir) as pg:
+    with postgres_cluster(postgres_bin_dir_or_skip()) as pg:
         yield postgres_storage_yaml(pg)
 
 

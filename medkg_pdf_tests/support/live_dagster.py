@@ -256,6 +256,16 @@ def daemons_healthy(live: LiveDagster) -> bool:
 # PostgreSQL
 
 
+def postgres_bin_dir_or_skip() -> Path:
+    """The server binaries, or the calling test skipped saying how to get them."""
+    import pytest
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    return bin_dir
+
+
 def postgres_bin_dir() -> Path | None:
     """The server binaries: on PATH, or where Debian's `postgresql` package puts them."""
     on_path = shutil.which("initdb")
